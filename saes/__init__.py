@@ -1,0 +1,25 @@
+"""saes: train, evaluate and analyze sparse autoencoders on language-model activations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from saes.sae.base import SAE
+
+
+def load(path: str | Path, device: str = "cpu") -> "SAE":
+    """Load an SAE from a checkpoint folder or a training run folder (its ``sae/``).
+
+    >>> sae = saes.load("outputs/train/2026-11-25/12-00-00_smollm2-135m_topk_L3")
+    >>> acts = sae.encode(x_BD); x_hat = sae.decode(acts)
+    """
+    from saes.sae.formats import CFG_FILE, load_sae
+
+    folder = Path(path)
+    if not (folder / CFG_FILE).exists() and (folder / "sae" / CFG_FILE).exists():
+        folder = folder / "sae"
+    return load_sae(folder, device=device)

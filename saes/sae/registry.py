@@ -1,0 +1,51 @@
+"""Architecture registry: ``@register("name")`` on an SAE class; ``build`` validates the config.
+
+Adding a variant: one module in ``saes/sae/`` that calls ``register`` (import it in
+``saes/sae/__init__.py``) and one ``conf/sae/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from saes.sae.base import SAE
+
+REGISTRY: dict[str, type["SAE"]] = {}
+
+
+def register(name: str) -> Callable[[type["SAE"]], type["SAE"]]:
+    def wrap(cls: type["SAE"]) -> type["SAE"]:
+        cls.architecture = name
+        REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def sae_class(name: str) -> type["SAE"]:
+    if name not in REGISTRY:
+        raise ValueError(f"sae.architecture={name!r} is not registered; registered: {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def make_config(options: Mapping[str, Any]) -> Any:
+    """The variant's config dataclass from ``sae.*`` options; unknown keys fail by name."""
+    if "architecture" not in options:
+        raise ValueError("sae.architecture is missing; pick a variant with sae=<name>")
+    cls = sae_class(options["architecture"]).config_class
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"sae.{unknown[0]} is not an option of sae={options['architecture']}; "
+            f"its options: {sorted(known)}"
+        )
+    return cls(**dict(options))
+
+
+def build(options: Mapping[str, Any], d_in: int, d_out: int | None = None) -> "SAE":
+    """A freshly constructed (uninitialised) SAE of the configured variant."""
+    cfg = make_config(options)
+    return sae_class(cfg.architecture)(cfg, d_in, d_out)

@@ -1,0 +1,1 @@
+"""The SAE training loop and what it needs: schedules, normalization, logging."""

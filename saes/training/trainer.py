@@ -1,0 +1,110 @@
+"""One SAE's optimisation state: normalization, optimizer, schedule, dead-latent tracking."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from saes.sae.base import SAE, TrainStepOutput
+from saes.training.schedules import lr_factor
+
+B_DEC_INITS = ("mean", "geometric_median", "zeros")
+
+
+def activation_scale(x_ND: torch.Tensor) -> float:
+    """Factor that makes the mean row norm of ``x_ND`` equal sqrt(D)."""
+    return math.sqrt(x_ND.shape[1]) / x_ND.norm(dim=1).mean().item()
+
+
+def geometric_median(x_ND: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm for the point minimising the sum of Euclidean distances."""
+    median = x_ND.mean(0)
+    for _ in range(iters):
+        weights = 1.0 / (x_ND - median).norm(dim=1).clamp_min(eps)
+        new = (weights[:, None] * x_ND).sum(0) / weights.sum()
+        if (new - median).norm() < eps * median.norm().clamp_min(1.0):
+            return new
+        median = new
+    return median
+
+
+class SAETrainer:
+    """Trains one SAE on (x, y) batches of raw activations.
+
+    Activations are multiplied by ``scale_in`` / ``scale_out`` before the SAE sees them (dataset-
+    wise normalization); ``folded_copy`` returns an SAE that takes raw activations.
+    """
+
+    def __init__(self, sae: SAE, optimizer_cfg: Any, training_cfg: Any, total_tokens: int):
+        self.sae = sae
+        self.training_cfg = training_cfg
+        self.optimizer_cfg = optimizer_cfg
+        self.total_steps = max(1, total_tokens // training_cfg.batch_size)
+        self.warmup_steps = max(1, int(optimizer_cfg.warmup_fraction * self.total_steps))
+        device = sae.W_dec_FD.device
+        self.optimizer = torch.optim.Adam(
+            sae.parameters(),
+            lr=optimizer_cfg.lr,
+            betas=tuple(optimizer_cfg.betas),
+            eps=optimizer_cfg.eps,
+            foreach=device.type != "cuda",
+            fused=device.type == "cuda",
+        )
+        self.step_count = 0
+        self.tokens = 0
+        self.scale_in = 1.0
+        self.scale_out = 1.0
+        self.tokens_since_fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def initialize_from_data(self, x_ND: torch.Tensor, y_ND: torch.Tensor, generator: torch.Generator) -> None:
+        """Estimate the normalization scales and set b_dec from a sample of raw activations."""
+        if self.training_cfg.normalize_activations:
+            self.scale_in = activation_scale(x_ND)
+            self.scale_out = self.scale_in if y_ND is x_ND else activation_scale(y_ND)
+        self.sae.initialize(generator=generator)
+        y = y_ND * self.scale_out
+        init = self.training_cfg.b_dec_init
+        if init == "mean":
+            self.sae.b_dec_D.copy_(y.mean(0))
+        elif init == "geometric_median":
+            self.sae.b_dec_D.copy_(geometric_median(y))
+        elif init != "zeros":
+            raise ValueError(f"training.b_dec_init={init!r} is unknown; use one of {B_DEC_INITS}")
+
+    def dead_mask(self) -> torch.Tensor:
+        """Latents that have not fired for ``training.dead_tokens`` tokens."""
+        return self.tokens_since_fired_F >= self.training_cfg.dead_tokens
+
+    def step(self, x_BD: torch.Tensor, y_BD: torch.Tensor) -> TrainStepOutput:
+        """One optimizer step on a batch of raw activations."""
+        factor = lr_factor(
+            self.step_count, self.total_steps, self.warmup_steps, self.optimizer_cfg.schedule, self.optimizer_cfg.final_lr_ratio
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.optimizer_cfg.lr * factor
+        x = x_BD * self.scale_in
+        y = x if y_BD is x_BD else y_BD * self.scale_out
+        out = self.sae.training_forward(x, y, {"dead_F": self.dead_mask()})
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.sae.before_step()
+        if self.optimizer_cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.optimizer_cfg.grad_clip)
+        self.optimizer.step()
+        self.sae.after_step()
+        self.tokens_since_fired_F += x_BD.shape[0]
+        self.tokens_since_fired_F[out.fired_F] = 0
+        self.step_count += 1
+        self.tokens += x_BD.shape[0]
+        return out
+
+    def folded_copy(self) -> SAE:
+        """A copy of the SAE with the normalization folded in (takes raw activations)."""
+        import copy
+
+        sae = copy.deepcopy(self.sae)
+        sae.fold_activation_scale(self.scale_in, self.scale_out)
+        return sae
