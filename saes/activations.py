@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
+from saes.errors import ConfigError
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
 
-class HookError(ValueError):
+class HookError(ConfigError):
     """A hook name or layer does not exist in the model; the message lists valid ones."""
 
 
@@ -107,7 +109,7 @@ class ShuffleBuffer:
 
     def __init__(self, capacity: int, generator: torch.Generator | None = None):
         if capacity < 2:
-            raise ValueError(f"activations.buffer_tokens={capacity} must be at least 2")
+            raise ConfigError(f"activations.buffer_tokens={capacity} must be at least 2")
         self.capacity = capacity
         self.generator = generator
         self.store: dict[str, torch.Tensor] = {}

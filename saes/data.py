@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
+from saes.errors import ConfigError
 from saes.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ STDLIB_SKIP = {"site-packages", "test", "tests", "idlelib", "lib2to3", "tkinter"
 MIN_DOC_CHARS = 200
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """The dataset config or the data itself is unusable; the message names the key to fix."""
 
 

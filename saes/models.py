@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from saes.errors import ConfigError
 from saes.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ EMBEDDED = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ConfigError):
     """The model could not be found or loaded; the message says what to do."""
 
 
@@ -45,7 +46,7 @@ def resolve_device(device: str) -> str:
 def resolve_dtype(dtype: str) -> torch.dtype:
     """Map a dtype name from the config to a torch dtype."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
+        raise ConfigError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
     return DTYPES[dtype]
 
 

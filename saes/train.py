@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -9,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from saes.config import register_configs
+from saes.errors import ConfigError
 
 register_configs()
 
@@ -18,7 +20,11 @@ def main(cfg: DictConfig) -> dict:
     from saes.training.run import run_training  # heavy imports after Hydra has parsed the CLI
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = run_training(cfg, run_dir)
+    try:
+        metrics = run_training(cfg, run_dir)
+    except ConfigError as err:
+        print(f"saes.train: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(format_summary(metrics, run_dir))
     return metrics
 

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from saes.errors import ConfigError
 from saes.sae.base import SAE
 from saes.sae.registry import build
 
@@ -28,7 +29,7 @@ SPARSITY_FILE = "sparsity.safetensors"
 PARAM_NAMES = {"W_enc": "W_enc_DF", "b_enc": "b_enc_F", "W_dec": "W_dec_FD", "b_dec": "b_dec_D"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A checkpoint folder is missing, corrupt or of an unknown kind; the message names the file."""
 
 
@@ -87,12 +88,12 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
     ours = cfg.get("metadata", {}).get("saes")
     if ours is None:
         raise CheckpointError(f"{folder / CFG_FILE} was not written by saes (no metadata.saes)")
-    sae = build(ours["sae"], d_in=cfg["d_in"], d_out=ours.get("d_out"))
     weights_path = folder / WEIGHTS_FILE
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, RuntimeError) as err:
         raise CheckpointError(f"{weights_path} could not be read (missing, truncated or corrupt): {err}") from err
+    sae = build(ours["sae"], d_in=cfg["d_in"], d_out=ours.get("d_out")).to(tensors["W_dec"].dtype if "W_dec" in tensors else torch.float32)
     missing = sorted(set(PARAM_NAMES) - set(tensors))
     if missing:
         raise CheckpointError(f"{weights_path} lacks tensors {missing}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from saes.errors import ConfigError
+
 if TYPE_CHECKING:
     from saes.sae.base import SAE
 
@@ -26,19 +28,19 @@ def register(name: str) -> Callable[[type["SAE"]], type["SAE"]]:
 
 def sae_class(name: str) -> type["SAE"]:
     if name not in REGISTRY:
-        raise ValueError(f"sae.architecture={name!r} is not registered; registered: {sorted(REGISTRY)}")
+        raise ConfigError(f"sae.architecture={name!r} is not registered; registered: {sorted(REGISTRY)}")
     return REGISTRY[name]
 
 
 def make_config(options: Mapping[str, Any]) -> Any:
     """The variant's config dataclass from ``sae.*`` options; unknown keys fail by name."""
     if "architecture" not in options:
-        raise ValueError("sae.architecture is missing; pick a variant with sae=<name>")
+        raise ConfigError("sae.architecture is missing; pick a variant with sae=<name>")
     cls = sae_class(options["architecture"]).config_class
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"sae.{unknown[0]} is not an option of sae={options['architecture']}; "
             f"its options: {sorted(known)}"
         )

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from saes.errors import ConfigError
 from saes.sae.base import SAE, SAEConfig, TrainStepOutput
 from saes.sae.registry import register
 from saes.sae.sparse_ops import sparse_decode, topk_encode
@@ -36,7 +37,7 @@ class TopKSAE(SAE):
     def __init__(self, cfg: TopKConfig, d_in: int, d_out: int | None = None):
         super().__init__(cfg, d_in, d_out)
         if not 0 < cfg.k <= self.d_sae:
-            raise ValueError(f"sae.k={cfg.k} must be in [1, d_sae={self.d_sae}]")
+            raise ConfigError(f"sae.k={cfg.k} must be in [1, d_sae={self.d_sae}]")
         self.k = cfg.k
         self.aux_k = cfg.aux_k or max(1, d_in // 2)
 
@@ -45,7 +46,7 @@ class TopKSAE(SAE):
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         vals_BK, idx_BK = self.pre_acts(x_BD).topk(self.k, dim=1, sorted=False)
-        return torch.zeros(x_BD.shape[0], self.d_sae, dtype=x_BD.dtype, device=x_BD.device).scatter_(
+        return torch.zeros(x_BD.shape[0], self.d_sae, dtype=vals_BK.dtype, device=x_BD.device).scatter_(
             1, idx_BK, vals_BK.clamp_min(0)
         )
 

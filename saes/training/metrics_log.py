@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from saes.errors import ConfigError
+
 
 def wandb_mode(mode: str) -> str:
     """``auto`` -> ``online`` when an API key is configured, else ``offline``."""
@@ -42,7 +44,7 @@ class MetricsLog:
                 mode=wandb_mode(logger_cfg.mode),
             )
         elif logger_cfg.kind != "none":
-            raise ValueError(f"logger.kind={logger_cfg.kind!r} is unknown; use logger=wandb or logger=none")
+            raise ConfigError(f"logger.kind={logger_cfg.kind!r} is unknown; use logger=wandb or logger=none")
 
     def log(self, record: dict[str, Any], step: int) -> None:
         self.file.write(json.dumps({"step": step, **record}) + "\n")

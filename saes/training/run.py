@@ -21,12 +21,14 @@ from tqdm import tqdm
 
 from saes.activations import ActivationSource, HookError, ShuffleBuffer
 from saes.data import load_corpus
+from saes.errors import ConfigError
 from saes.evaluation import lm_metrics, log10_density, reconstruction_metrics
 from saes.models import load_model, resolve_device
 from saes.sae.formats import save_sae
 from saes.sae.registry import build
 from saes.training.metrics_log import MetricsLog
-from saes.training.trainer import SAETrainer
+from saes.training.schedules import SCHEDULES
+from saes.training.trainer import B_DEC_INITS, SAETrainer
 
 SAE_DIR = "sae"
 
@@ -44,10 +46,21 @@ def hook_names(cfg: DictConfig) -> tuple[str, str]:
     return cfg.site.hook_in, cfg.site.hook_out or cfg.site.hook_in
 
 
-def check_layer(cfg: DictConfig) -> None:
-    """Fail before loading anything if ``layer`` is outside the model."""
+def validate_config(cfg: DictConfig) -> None:
+    """Fail before loading anything on settings that cannot work, naming the key."""
     if not 0 <= cfg.layer < cfg.model.n_layers:
         raise HookError(f"layer={cfg.layer} is out of range: {cfg.model.name} has {cfg.model.n_layers} layers (0-{cfg.model.n_layers - 1})")
+    with torch.device("meta"):  # checks the variant's options without allocating weights
+        build(OmegaConf.to_container(cfg.sae, resolve=True), d_in=cfg.model.d_model)
+    if cfg.optimizer.schedule not in SCHEDULES:
+        raise ConfigError(f"optimizer.schedule={cfg.optimizer.schedule!r} is unknown; use one of {SCHEDULES}")
+    if cfg.training.b_dec_init not in B_DEC_INITS:
+        raise ConfigError(f"training.b_dec_init={cfg.training.b_dec_init!r} is unknown; use one of {B_DEC_INITS}")
+    if cfg.logger.kind not in ("wandb", "none"):
+        raise ConfigError(f"logger.kind={cfg.logger.kind!r} is unknown; use logger=wandb or logger=none")
+    for key in ("tokens", "training.batch_size", "activations.batch_contexts"):
+        if OmegaConf.select(cfg, key) <= 0:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be positive")
 
 
 def checkpoint_metadata(cfg: DictConfig, trainer: SAETrainer, status: str) -> dict[str, Any]:
@@ -72,7 +85,7 @@ def checkpoint_metadata(cfg: DictConfig, trainer: SAETrainer, status: str) -> di
 def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured SAE; returns the final metrics (also written to metrics.json)."""
     wall_start = time.perf_counter()
-    check_layer(cfg)
+    validate_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(cfg.seed)
@@ -90,7 +103,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     held_x, held_y = held[hook_in], held[hook_out]
 
     contexts = (context for _, context in corpus.train_contexts())
-    batches = ShuffleBuffer(cfg.activations.buffer_tokens, generator).batches(
+    batches = ShuffleBuffer(min(cfg.activations.buffer_tokens, cfg.tokens), generator).batches(
         source.stream(contexts, cfg.activations.batch_contexts), cfg.training.batch_size
     )
     start = time.perf_counter()  # throughput counts every training forward, buffer fill included

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
+from saes.errors import ConfigError
+
 SCHEDULES = ("constant", "cosine", "linear")
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, final_ratio: float) -> float:
     """Linear warmup from 0 over ``warmup_steps``, then ``schedule`` down to ``final_ratio``."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"optimizer.schedule={schedule!r} is unknown; use one of {SCHEDULES}")
+        raise ConfigError(f"optimizer.schedule={schedule!r} is unknown; use one of {SCHEDULES}")
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":

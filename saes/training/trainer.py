@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from saes.errors import ConfigError
 from saes.sae.base import SAE, TrainStepOutput
 from saes.training.schedules import lr_factor
 
@@ -72,7 +73,7 @@ class SAETrainer:
         elif init == "geometric_median":
             self.sae.b_dec_D.copy_(geometric_median(y))
         elif init != "zeros":
-            raise ValueError(f"training.b_dec_init={init!r} is unknown; use one of {B_DEC_INITS}")
+            raise ConfigError(f"training.b_dec_init={init!r} is unknown; use one of {B_DEC_INITS}")
 
     def dead_mask(self) -> torch.Tensor:
         """Latents that have not fired for ``training.dead_tokens`` tokens."""

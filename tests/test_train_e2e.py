@@ -1,0 +1,106 @@
+"""End to end: ``python -m saes.train`` on the real default model, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import saes
+
+from .conftest import REPO
+
+TINY = ["tokens=40000", "activations.buffer_tokens=16384", "training.ce_tokens=1024",
+        "training.eval_every=20000", "training.eval_tokens=8192", "data.holdout_tokens=8192"]
+
+
+def _train(run_dir: Path, *overrides: str, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "saes.train", f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env_without_wandb_key(), **popen)
+
+
+def _env_without_wandb_key() -> dict[str, str]:
+    """A user's environment with no W&B key or mode: saes must choose offline by itself."""
+    return {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    proc = _train(run_dir, *TINY)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return run_dir
+
+
+def test_trained_sae_beats_the_mean_baseline_on_heldout_text(trained_run, smollm_hf):
+    from omegaconf import OmegaConf
+
+    from saes.data import load_corpus
+    from saes.models import load_tokenizer
+
+    sae = saes.load(trained_run)
+    cfg = OmegaConf.load(trained_run / "config.yaml")
+    corpus = load_corpus(cfg.data, load_tokenizer(cfg.model.source), cfg.model.bos_token)
+    tokens = corpus.heldout_contexts(4096)
+    with torch.no_grad():  # activations from plain transformers, independent of our pipeline
+        x = smollm_hf(tokens, output_hidden_states=True).hidden_states[cfg.layer + 1]
+    x = x[~torch.isin(tokens, corpus.special_ids())]
+    with torch.no_grad():
+        acts = sae.encode(x)
+        err = ((sae.decode(acts) - x) ** 2).sum()
+    ev = 1 - err / ((x - x.mean(0)) ** 2).sum()  # the mean predictor scores exactly 0 here
+    assert ev > 0.7
+    assert (acts != 0).sum(1).float().mean() <= 32
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["explained_variance"] == pytest.approx(ev.item(), abs=0.03)
+    assert metrics["train_tokens"] >= 40000 and metrics["status"] == "finished"
+    assert metrics["ce_spliced"] > metrics["ce_clean"] and 0 < metrics["ce_recovered"] <= 1.0
+
+
+def test_run_folder_has_saelens_checkpoint_logs_and_config(trained_run):
+    cfg = json.loads((trained_run / "sae" / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
+    assert cfg["metadata"]["context_size"] == 128 and cfg["d_in"] == 576 and cfg["d_sae"] == 4608
+    assert (trained_run / "sae" / "sparsity.safetensors").exists()
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
+    assert any("eval/explained_variance" in r for r in records)  # periodic held-out evaluation
+    assert any("train/l0" in r for r in records)
+    assert list((trained_run / "wandb").glob("offline-run-*/run-*.wandb"))  # no key: W&B offline
+
+
+def test_ctrl_c_saves_a_loadable_checkpoint(tmp_path):
+    proc = _train(tmp_path, "tokens=10000000", "logger=none", "activations.buffer_tokens=8192",
+                  "training.eval_tokens=4096", "data.holdout_tokens=4096")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+        time.sleep(0.5)
+    while time.time() < deadline and not (tmp_path / "metrics.jsonl").read_text():
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out
+    sae = saes.load(tmp_path)
+    meta = json.loads((tmp_path / "sae" / "cfg.json").read_text())["metadata"]
+    assert meta["status"] == "interrupted" and 0 < meta["training_tokens"] < 10000000
+    assert sae.encode(torch.randn(3, 576)).shape == (3, 4608)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("layer=40", "smollm2-135m has 30 layers"),
+     ("site.hook_in=blocks.3.hook_resid_pots", "closest valid names"),
+     ("sae.architecture=relu2", "registered: ['topk'")],
+)
+def test_bad_cli_input_fails_with_a_clear_message(tmp_path, override, message):
+    proc = _train(tmp_path, override, "logger=none")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and message in out, out
