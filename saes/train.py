@@ -31,9 +31,10 @@ def main(cfg: DictConfig) -> dict:
 
 def format_summary(metrics: dict, run_dir: Path) -> str:
     """A short table of the final metrics."""
-    keys = ["explained_variance", "l0", "dead_fraction", "ce_clean", "ce_spliced", "delta_lm_loss",
-            "ce_recovered", "kl", "train_tokens", "train_tokens_per_second"]
-    rows = [f"  {k:<24} {metrics[k]:.4g}" for k in keys if k in metrics]
+    keys = ["explained_variance", "l0", "dead_fraction", "ce_clean", "ce_spliced", "ce_zero", "delta_lm_loss",
+            "ce_recovered", "kl", "train_tokens", "train_tokens_per_second", "wall_seconds"]
+    rows = [f"  {k:<24} {metrics[k]:,.0f}" if metrics[k] >= 1000 else f"  {k:<24} {metrics[k]:.4g}"
+            for k in keys if k in metrics]
     return "\n".join([f"SAE saved to {run_dir / 'sae'}", *rows])
 
 

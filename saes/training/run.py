@@ -103,8 +103,9 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     held_x, held_y = held[hook_in], held[hook_out]
 
     contexts = (context for _, context in corpus.train_contexts())
+    forwards = _until_rows(source.stream(contexts, cfg.activations.batch_contexts), cfg.tokens)
     batches = ShuffleBuffer(min(cfg.activations.buffer_tokens, cfg.tokens), generator).batches(
-        source.stream(contexts, cfg.activations.batch_contexts), cfg.training.batch_size
+        forwards, cfg.training.batch_size
     )
     start = time.perf_counter()  # throughput counts every training forward, buffer fill included
     first = list(itertools.islice(batches, max(1, cfg.training.norm_estimate_tokens // cfg.training.batch_size)))
@@ -153,7 +154,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _loop(cfg, trainer: SAETrainer, batches: Iterator, hook_in: str, hook_out: str, log: MetricsLog, held_x, held_y) -> None:
     next_eval = cfg.training.eval_every or None
-    with tqdm(total=cfg.tokens, unit="tok", unit_scale=True, dynamic_ncols=True, desc="train") as bar:
+    with tqdm(total=cfg.tokens, unit="tok", unit_scale=True, dynamic_ncols=True, desc="train", smoothing=0, mininterval=0.5) as bar:
         for batch in batches:
             if trainer.tokens >= cfg.tokens:
                 break
@@ -172,6 +173,16 @@ def _loop(cfg, trainer: SAETrainer, batches: Iterator, hook_in: str, hook_out: s
                 recon = reconstruction_metrics(trainer.folded_copy().eval(), held_x, held_y)
                 recon.pop("firing_counts")
                 log.log({f"eval/{k}": v for k, v in recon.items()}, step=trainer.step_count)
+
+
+def _until_rows(stream: Iterator[dict[str, torch.Tensor]], rows: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Pass activation batches through until ``rows`` rows have been produced (no wasted forwards)."""
+    produced = 0
+    for batch in stream:
+        yield batch
+        produced += next(iter(batch.values())).shape[0]
+        if produced >= rows:
+            return
 
 
 def _concat(batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
