@@ -96,8 +96,17 @@ class SAE(nn.Module):
         return self.decode(self.encode(x_BD))
 
     # -- training --------------------------------------------------------------------------
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; a variant may give some parameters their own LR (e.g.
+        JumpReLU thresholds). The schedule scales every group's ``lr`` by the same factor."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
     def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
-        """Loss on a batch; ``y_BD`` is the target (``x_BD`` itself for an SAE)."""
+        """Loss on a batch; ``y_BD`` is the target (``x_BD`` itself for an SAE).
+
+        ``state`` carries ``dead_F`` (bool [F], latents that have not fired for
+        ``training.dead_tokens`` tokens) and ``progress`` (fraction of training done, in [0, 1]).
+        """
         raise NotImplementedError
 
     def after_step(self) -> None:

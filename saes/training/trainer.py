@@ -45,9 +45,11 @@ class SAETrainer:
         self.total_steps = max(1, total_tokens // training_cfg.batch_size)
         self.warmup_steps = max(1, int(optimizer_cfg.warmup_fraction * self.total_steps))
         device = sae.W_dec_FD.device
+        groups = sae.param_groups(optimizer_cfg.lr)
+        for group in groups:
+            group["base_lr"] = group["lr"]
         self.optimizer = torch.optim.Adam(
-            sae.parameters(),
-            lr=optimizer_cfg.lr,
+            groups,
             betas=tuple(optimizer_cfg.betas),
             eps=optimizer_cfg.eps,
             foreach=device.type != "cuda",
@@ -85,10 +87,10 @@ class SAETrainer:
             self.step_count, self.total_steps, self.warmup_steps, self.optimizer_cfg.schedule, self.optimizer_cfg.final_lr_ratio
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = self.optimizer_cfg.lr * factor
+            group["lr"] = group["base_lr"] * factor
         x = x_BD * self.scale_in
         y = x if y_BD is x_BD else y_BD * self.scale_out
-        out = self.sae.training_forward(x, y, {"dead_F": self.dead_mask()})
+        out = self.sae.training_forward(x, y, {"dead_F": self.dead_mask(), "progress": self.step_count / self.total_steps})
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.sae.before_step()
