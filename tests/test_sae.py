@@ -120,3 +120,18 @@ def test_registry_errors_name_the_variant_or_option():
         build({"architecture": "nope"}, d_in=8)
     with pytest.raises(ValueError, match=r"sae.l1_coef is not an option of sae=topk"):
         build({"architecture": "topk", "l1_coef": 1.0}, d_in=8)
+
+
+def test_foreign_saelens_topk_folder_loads_with_the_same_outputs(tmp_path):
+    sae = _sae().float()
+    save_sae(sae, tmp_path, {"hook_name": "blocks.0.hook_resid_post"})
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    del cfg["metadata"]["saes"]  # what SAELens itself writes: no saes section
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    loaded = saes.load(tmp_path)
+    x = torch.randn(8, 16, dtype=torch.float32)
+    assert loaded.k == 4 and torch.equal(loaded(x), sae(x))
+    cfg["normalize_activations"] = "expected_average_only_in"
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="normalize_activations"):
+        saes.load(tmp_path)

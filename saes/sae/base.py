@@ -129,6 +129,12 @@ class SAE(nn.Module):
         """Architecture-specific top-level keys of a SAELens v6 ``cfg.json``."""
         return {"architecture": self.architecture}
 
+    @classmethod
+    def options_from_saelens(cls, cfg: dict[str, Any]) -> dict[str, Any] | None:
+        """``sae.*`` options equivalent to a foreign SAELens ``cfg.json``, or None if this
+        variant cannot represent it. Used to load checkpoints saes did not write."""
+        return None
+
     def config_dict(self) -> dict[str, Any]:
         """The variant's config as plain data (stored in checkpoint metadata)."""
         return asdict(self.cfg)

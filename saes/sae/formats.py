@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from saes.errors import ConfigError
 from saes.sae.base import SAE
-from saes.sae.registry import build
+from saes.sae.registry import REGISTRY, build
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -81,19 +81,36 @@ def read_cfg(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from err
 
 
+def saes_options(cfg: dict[str, Any], path: Path) -> tuple[dict[str, Any], int | None]:
+    """``(sae options, d_out)`` for a cfg.json: ours from ``metadata.saes``, a foreign SAELens
+    one through the variant that can represent its architecture."""
+    ours = cfg.get("metadata", {}).get("saes")
+    if ours is not None:
+        return ours["sae"], ours.get("d_out")
+    if cfg.get("normalize_activations", "none") not in ("none", None):
+        raise CheckpointError(
+            f"{path}: normalize_activations={cfg['normalize_activations']!r} needs a scale the file does not hold; "
+            "fold it into the weights with SAELens (sae.fold_activation_norm_scaling_factor) and save again"
+        )
+    for cls in REGISTRY.values():
+        options = cls.options_from_saelens(cfg)
+        if options is not None:
+            return options, None
+    raise CheckpointError(f"{path}: SAELens architecture {cfg.get('architecture')!r} is not supported; "
+                          f"supported variants: {sorted(REGISTRY)}")
+
+
 def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
-    """Load a SAELens-format folder written by saes."""
+    """Load a SAELens-format folder (written by saes or by SAELens)."""
     folder = Path(folder)
     cfg = read_cfg(folder)
-    ours = cfg.get("metadata", {}).get("saes")
-    if ours is None:
-        raise CheckpointError(f"{folder / CFG_FILE} was not written by saes (no metadata.saes)")
+    options, d_out = saes_options(cfg, folder / CFG_FILE)
     weights_path = folder / WEIGHTS_FILE
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, RuntimeError) as err:
         raise CheckpointError(f"{weights_path} could not be read (missing, truncated or corrupt): {err}") from err
-    sae = build(ours["sae"], d_in=cfg["d_in"], d_out=ours.get("d_out")).to(tensors["W_dec"].dtype if "W_dec" in tensors else torch.float32)
+    sae = build(options, d_in=cfg["d_in"], d_out=d_out).to(tensors["W_dec"].dtype if "W_dec" in tensors else torch.float32)
     missing = sorted(set(PARAM_NAMES) - set(tensors))
     if missing:
         raise CheckpointError(f"{weights_path} lacks tensors {missing}")

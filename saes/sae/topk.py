@@ -100,3 +100,9 @@ class TopKSAE(SAE):
 
     def saelens_cfg(self) -> dict[str, Any]:
         return {"architecture": "topk", "k": self.k, "rescale_acts_by_decoder_norm": False}
+
+    @classmethod
+    def options_from_saelens(cls, cfg: dict[str, Any]) -> dict[str, Any] | None:
+        if cfg.get("architecture") != "topk" or cfg.get("rescale_acts_by_decoder_norm"):
+            return None
+        return {"architecture": "topk", "d_sae": cfg["d_sae"], "k": cfg["k"]}
