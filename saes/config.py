@@ -8,11 +8,13 @@ against the variant's own dataclass.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -66,10 +68,11 @@ class DataConfig:
 class SiteConfig:
     """The hook(s) an SAE reads from (and, for transcoders, writes to)."""
 
-    hook_in: str = MISSING
-    """TransformerLens hook name read by the encoder, e.g. ``blocks.3.hook_resid_post``."""
+    hook_in: Any = MISSING
+    """TransformerLens hook read by the encoder; ``{layer}`` is replaced by each layer of
+    ``layer``, e.g. ``blocks.{layer}.hook_resid_post``. A list trains one SAE per hook."""
     hook_out: Optional[str] = None
-    """Hook the decoder reconstructs; None: the same as ``hook_in`` (an ordinary SAE)."""
+    """Hook the decoder reconstructs (transcoders); None: the same as ``hook_in``."""
 
 
 @dataclass
@@ -139,11 +142,13 @@ class TrainingConfig:
     """Held-out tokens for reconstruction metrics (explained variance, L0, dead latents)."""
     ce_tokens: int = 8_192
     """Held-out tokens for the spliced-model LM-loss metrics (they need full forwards)."""
+    checkpoint_every: int = 1_000_000
+    """Save a resumable checkpoint every this many training tokens (0: only on signals/Ctrl-C)."""
 
 
 @dataclass
 class TrainConfig:
-    """``python -m saes.train``: train one SAE on one model hook."""
+    """``python -m saes.train``: train SAEs on a model's hooks (several per forward pass)."""
 
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -153,8 +158,14 @@ class TrainConfig:
     logger: LoggerConfig = MISSING
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    layer: int = 3
-    """Transformer block the site hooks (used by ``site`` configs as ``${layer}``)."""
+    layer: Any = 3
+    """Block(s) the site hooks: ``3``, ``0-31``, ``0,4,8``. Several layers train one SAE each from
+    one shared forward pass; with ``-m``, one job per layer (see ``layers_per_job``)."""
+    layers_per_job: int = 1
+    """With ``-m`` and a layer range: layers per job (each job shares its forward pass)."""
+    resume: bool = True
+    """Re-running a command continues its run folder's checkpoint; a finished run is not redone.
+    ``resume=false`` starts over."""
     tokens: int = 300_000
     """Training token budget (activation rows the SAE trains on)."""
     seed: int = 0
@@ -165,6 +176,19 @@ class TrainConfig:
     """Model dtype: ``float32``, ``bfloat16`` or ``float16``."""
 
 
+def run_name(override_dirname: str) -> str:
+    """Folder name of a run from its overrides: ``default`` when none, else the overrides made
+    filesystem-safe (long ones shortened with a hash so names stay unique)."""
+    if not override_dirname:
+        return "default"
+    safe = re.sub(r"[^A-Za-z0-9=,._+-]", "_", override_dirname)
+    if len(safe) > 120:
+        safe = safe[:100] + "_" + hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
+    return safe
+
+
 def register_configs() -> None:
-    """Register the top-level schema; ``conf/train.yaml`` lists it first in its defaults."""
+    """Register the top-level schema (``conf/train.yaml`` lists it first) and resolvers."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("saes_run_name"):
+        OmegaConf.register_new_resolver("saes_run_name", run_name)

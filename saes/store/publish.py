@@ -172,7 +172,10 @@ def gc_orphans(
     keep = set(keep)
     cutoff = _now() - timedelta(seconds=stale_after_s)
     candidates = list(analyses.find({**scope, "status": {"$in": [FAILED, SUPERSEDED]}, "cleaned": {"$ne": True}}))
-    candidates += list(analyses.find({**scope, "status": WRITING, "heartbeat_at": {"$lt": cutoff}}))
+    # Staleness is judged here, not in the query: a handful of documents, and datetime comparison
+    # operators are not reliable on every wire-protocol server (nx-27017 gets them wrong).
+    writing = analyses.find({**scope, "status": WRITING}, {"columns": 0})
+    candidates += [a for a in writing if _as_utc(a.get("heartbeat_at")) < cutoff]
     deleted = 0
     for analysis in candidates:
         aid = analysis["_id"]
@@ -196,6 +199,19 @@ def delete_dictionary(db: Database[Document], dictionary_id: str) -> int:
     deleted = db[FEATURES].delete_many({"dictionary_id": dictionary_id}).deleted_count
     db[ANALYSES].delete_many({"dictionary_id": dictionary_id})
     return deleted
+
+
+def _as_utc(value: Any) -> datetime:
+    """A stored timestamp as an aware UTC datetime (naive ones are UTC); missing = the epoch.
+    nx-27017 0.8.1 stores a datetime given to ``$set`` as an ISO string: parse those too."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, datetime):
+        return datetime.fromtimestamp(0, timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _feature_doc(feature: Mapping[str, Any], dictionary_id: str, aid: str) -> Document:
