@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -136,12 +137,17 @@ class TrainingConfig:
     """A latent that has not fired for this many training tokens counts as dead (AuxK, logs)."""
     b_dec_init: str = "mean"
     """``mean``, ``geometric_median`` or ``zeros``."""
-    eval_every: int = 0
-    """Evaluate on held-out tokens every this many training tokens (0: only at the end)."""
+    eval_every: int = 100_000
+    """Evaluate on held-out tokens every this many training tokens, logging ``eval/*`` to
+    metrics.jsonl and W&B (0: only at the end). Each evaluation costs about as much as training on
+    ``eval_tokens / 3`` tokens plus ``periodic_ce_tokens`` tokens of full model forwards."""
     eval_tokens: int = 50_000
     """Held-out tokens for reconstruction metrics (explained variance, L0, dead latents)."""
     ce_tokens: int = 8_192
-    """Held-out tokens for the spliced-model LM-loss metrics (they need full forwards)."""
+    """Held-out tokens for the spliced-model LM-loss metrics at the end (they need full forwards)."""
+    periodic_ce_tokens: int = 1_024
+    """Held-out tokens for the LM-loss metrics of the periodic evaluations (0: reconstruction
+    metrics only); their clean next-token log-probs stay in memory (tokens x vocab floats)."""
     checkpoint_every: int = 1_000_000
     """Save a resumable checkpoint every this many training tokens (0: only on signals/Ctrl-C)."""
 
@@ -176,6 +182,36 @@ class TrainConfig:
     """Model dtype: ``float32``, ``bfloat16`` or ``float16``."""
 
 
+@dataclass
+class EvaluateConfig:
+    """``python -m saes.evaluate sae=<folder>``: held-out metrics of one SAE.
+
+    ``model``, ``data`` and ``site`` come from the SAE's own metadata (the training config for
+    SAEs trained by saes; ``model_name``/``hook_name``/``context_size`` for SAELens checkpoints).
+    Selecting a group (``model=gpt2``, ``data=pydocs``, ``site=mlp_out``) replaces that part;
+    setting a key (``data.holdout_tokens=8192``, ``site.hook_in=blocks.5.hook_resid_pre``)
+    changes only that key.
+    """
+
+    sae: str = MISSING
+    """SAE folder (``cfg.json`` + weights) or a training run folder holding ``sae/``."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
+    layer: Optional[int] = None
+    """Replaces ``{layer}`` in ``site.hook_in``; None: the SAE's own layer."""
+    eval_tokens: int = 50_000
+    """Held-out tokens for reconstruction metrics (explained variance, MSE, L0, densities)."""
+    ce_tokens: int = 8_192
+    """Held-out tokens (the first of the same contexts) for the LM-loss metrics; 0 skips them."""
+    batch_contexts: int = 8
+    """Contexts per model forward."""
+    device: str = "auto"
+    """Where the model and SAE run: ``auto`` (cuda if available), ``cpu``, ``cuda:N``, ``mps``."""
+    dtype: Optional[str] = None
+    """Model dtype; None: the one the SAE was trained with (float32 for foreign SAEs)."""
+
+
 def run_name(override_dirname: str) -> str:
     """Folder name of a run from its overrides: ``default`` when none, else the overrides made
     filesystem-safe (long ones shortened with a hash so names stay unique)."""
@@ -192,3 +228,18 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("saes_run_name"):
         OmegaConf.register_new_resolver("saes_run_name", run_name)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+EVALUATE_GROUPS = ("model", "data", "site")
+
+
+def register_evaluate_configs() -> None:
+    """Register ``conf/evaluate.yaml``, its schema and the model/data/site options in ConfigStore
+    (``saes.evaluate`` reads its config from there, where ``sae`` is not a config group)."""
+    store = ConfigStore.instance()
+    store.store(name="evaluate_schema", node=EvaluateConfig)
+    store.store(name="evaluate", node=OmegaConf.load(CONF_DIR / "evaluate.yaml"))
+    for group in EVALUATE_GROUPS:
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            store.store(group=group, name=path.stem, node=OmegaConf.load(path))

@@ -69,7 +69,7 @@ class MetricsLog:
         self.file.write(json.dumps({"step": step, **record}) + "\n")
         self.file.flush()
         if self.wandb_run is not None:
-            self.wandb_run.log(record, step=step)
+            self.wandb_run.log({k: _to_wandb(v) for k, v in record.items()}, step=step)
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         self.file.close()
@@ -77,3 +77,12 @@ class MetricsLog:
             if summary:
                 self.wandb_run.summary.update(summary)
             self.wandb_run.finish()
+
+
+def _to_wandb(value: Any) -> Any:
+    """A ``{"bin_edges", "counts"}`` histogram becomes a W&B histogram; anything else is unchanged."""
+    if isinstance(value, dict) and {"bin_edges", "counts"} <= value.keys():
+        import wandb
+
+        return wandb.Histogram(np_histogram=(value["counts"], value["bin_edges"]))
+    return value

@@ -24,12 +24,13 @@ from tqdm import tqdm
 from saes.activations import ActivationSource, HookError
 from saes.data import load_corpus
 from saes.errors import ConfigError
-from saes.evaluation import lm_metrics, log10_density, reconstruction_metrics
+from saes.evaluation import Splice, position_summary
 from saes.layers import parse_layers
 from saes.models import load_model, resolve_device
 from saes.sae.formats import save_sae
 from saes.sae.registry import build
 from saes.training.checkpoint import load_state, remove_state, save_state
+from saes.training.evals import eval_record, evaluate_saes, lm_evaluator, periodic_lm_evaluator
 from saes.training.metrics_log import MetricsLog
 from saes.training.plan import MemberSpec, plan_members
 from saes.training.schedules import SCHEDULES
@@ -145,9 +146,10 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
                            wandb_id=(state or {}).get("wandb_ids", {}).get(m.spec.name),
                            resume_step=m.trainer.step_count if state is not None else None)
 
-    status = _train_loop(cfg, stream, members, held, run_dir)
+    status = _train_loop(cfg, stream, members, held, run_dir, periodic_lm_evaluator(cfg, model, heldout, source.keep_mask))
     train_seconds = time.perf_counter() - start
-    results = {m.spec.name: _finish_member(cfg, m, status, held, heldout, model, source, train_seconds, wall_start) for m in members}
+    final = _final_evals(cfg, members, status, held, heldout, model, source)
+    results = {m.spec.name: _finish_member(cfg, m, status, ev, source, train_seconds, wall_start) for m, ev in zip(members, final)}
     if status == "finished":
         remove_state(run_dir)
     else:
@@ -155,7 +157,7 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
     return results
 
 
-def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], held: dict, run_dir: Path) -> str:
+def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], held: dict, run_dir: Path, periodic_lm) -> str:
     """Step every SAE on every batch until the token budget; returns the run status."""
     stop: dict[str, Any] = {}
 
@@ -184,8 +186,8 @@ def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], 
                                         l0=f"{outs[0].l0:.1f}", dead=f"{100 * lead.dead_mask().float().mean().item():.1f}%")
                 if next_eval is not None and lead.tokens >= next_eval:
                     next_eval += cfg.training.eval_every
-                    for m in members:
-                        _log_eval(m, held)
+                    if lead.tokens < cfg.tokens:  # the final evaluation covers the last step
+                        _log_eval(members, held, periodic_lm)
                 if next_ckpt is not None and lead.tokens >= next_ckpt:
                     next_ckpt += cfg.training.checkpoint_every
                     _checkpoint(cfg, stream, members, run_dir, "checkpoint")
@@ -222,31 +224,40 @@ def _log_step(m: Member, out: Any) -> None:
     m.log.log(record, step=m.trainer.step_count)
 
 
-def _log_eval(m: Member, held: dict) -> None:
-    recon = reconstruction_metrics(m.trainer.folded_copy().eval(), held[m.spec.hook_in], held[m.spec.hook_out])
-    recon.pop("firing_counts")
-    m.log.log({f"eval/{k}": v for k, v in recon.items()}, step=m.trainer.step_count)
+def _splices(members: list[Member]) -> list[Splice]:
+    return [Splice(m.trainer.folded_copy().eval(), m.spec.hook_in, m.spec.hook_out) for m in members]
 
 
-def _finish_member(cfg, m: Member, status: str, held: dict, heldout: torch.Tensor, model, source: ActivationSource,
+def _log_eval(members: list[Member], held: dict, lm) -> None:
+    for m, metrics in zip(members, evaluate_saes(_splices(members), held, lm)):
+        m.log.log(eval_record(metrics), step=m.trainer.step_count)
+
+
+def _final_evals(cfg, members: list[Member], status: str, held: dict, heldout: torch.Tensor, model,
+                 source: ActivationSource) -> list[dict[str, Any]]:
+    """Held-out metrics of every SAE at the end (LM metrics only for a finished run)."""
+    ce_tokens = cfg.training.ce_tokens if status == "finished" else 0
+    lm = lm_evaluator(model, heldout, source.keep_mask, ce_tokens, cfg.data.context_size, periodic=False)
+    excluded = source.excluded_ids.tolist() if source.excluded_ids is not None else []
+    positions = position_summary(heldout, source.keep_mask, model.tokenizer.convert_ids_to_tokens(excluded))
+    return [{**metrics, "positions": positions} for metrics in evaluate_saes(_splices(members), held, lm)]
+
+
+def _finish_member(cfg, m: Member, status: str, evaluation: dict[str, Any], source: ActivationSource,
                    train_seconds: float, wall_start: float) -> dict[str, Any]:
-    """Final evaluation, the folded checkpoint and metrics.json of one SAE."""
+    """The folded checkpoint, final evaluation records and metrics.json of one SAE."""
     folded = m.trainer.folded_copy().eval()
-    x, y = held[m.spec.hook_in], held[m.spec.hook_out]
-    recon = reconstruction_metrics(folded, x, y)
-    counts = recon.pop("firing_counts")
-    save_sae(folded, m.dir / SAE_DIR, checkpoint_metadata(cfg, m.spec, m.trainer, status), log10_density(counts, x.shape[0]))
+    evaluation = dict(evaluation)
+    save_sae(folded, m.dir / SAE_DIR, checkpoint_metadata(cfg, m.spec, m.trainer, status), evaluation.pop("log10_density"))
+    m.log.log(eval_record(evaluation), step=m.trainer.step_count)
     metrics: dict[str, Any] = {
         "status": status,
         "train_tokens": m.trainer.tokens,
         "train_seconds": train_seconds,
         "train_tokens_per_second": m.trainer.tokens / max(train_seconds, 1e-9),
         "model_forwards": source.forwards,
-        **recon,
+        **evaluation,
     }
-    if status == "finished" and cfg.training.ce_tokens > 0:
-        ce_contexts = heldout[: max(1, cfg.training.ce_tokens // cfg.data.context_size)]
-        metrics.update(lm_metrics(model, folded, m.spec.hook_in, m.spec.hook_out, ce_contexts, source.keep_mask))
     metrics["wall_seconds"] = time.perf_counter() - wall_start
     m.log.log({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=m.trainer.step_count)
     m.log.close(metrics)
