@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from saes.comparison import Run
 
-PANELS = [
-    ("explained_variance", "explained variance (higher is better)"),
-    ("delta_lm_loss", "delta LM loss, nats (lower is better)"),
+PANELS = [  # (metric, panel title, y-axis title)
+    ("explained_variance", "L0 vs explained variance", "explained variance (higher is better)"),
+    ("delta_lm_loss", "L0 vs delta LM loss", "delta LM loss, nats (lower is better)"),
 ]
 X_KEY, X_TITLE = "l0", "L0 (mean active latents per token)"
 
@@ -45,7 +45,7 @@ def frontier_png(runs: list["Run"], path: Path, title: str) -> Path:
     fig, axes = plt.subplots(1, len(PANELS), figsize=(13, 5.2), constrained_layout=True)
     colors = plt.get_cmap("tab10")
     variants = sorted({r.variant for r in runs})
-    for ax, (y_key, y_title) in zip(axes, PANELS):
+    for ax, (y_key, panel_title, y_title) in zip(axes, PANELS):
         groups = _by_variant(runs, y_key)
         for variant, group in groups.items():
             xs = [r.metrics[X_KEY] for r in group]
@@ -55,12 +55,19 @@ def frontier_png(runs: list["Run"], path: Path, title: str) -> Path:
             ax.scatter(xs, ys, color=color, s=46, label=variant, zorder=3, edgecolors="white", linewidths=0.6)
             for run, x, y in zip(group, xs, ys):
                 ax.annotate(run.label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8, color="#333333")
-        if _log_x(runs):
+        if _log_x(runs):  # log scale, ticked at the runs' own L0 values
+            from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
             ax.set_xscale("log")
+            ticks = sorted({round(r.metrics[X_KEY], 1) for g in groups.values() for r in g})
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(X_TITLE)
         ax.set_ylabel(y_title)
-        ax.set_title(f"L0 vs {y_key.replace('_', ' ')}")
+        ax.set_title(panel_title)
         ax.grid(True, alpha=0.3, which="both")
+        ax.margins(x=0.15, y=0.12)  # room for the point labels
         if groups:
             ax.legend(title="variant", loc="best", fontsize=9)
         else:
@@ -78,9 +85,9 @@ def frontier_html(runs: list["Run"], path: Path, title: str) -> Path:
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=len(PANELS), subplot_titles=[f"L0 vs {k.replace('_', ' ')}" for k, _ in PANELS])
+    fig = make_subplots(rows=1, cols=len(PANELS), subplot_titles=[title for _, title, _ in PANELS])
     variants = sorted({r.variant for r in runs})
-    for col, (y_key, y_title) in enumerate(PANELS, start=1):
+    for col, (y_key, _, y_title) in enumerate(PANELS, start=1):
         for variant, group in _by_variant(runs, y_key).items():
             color = qualitative.D3[variants.index(variant) % len(qualitative.D3)]
             hover = [

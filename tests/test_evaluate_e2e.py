@@ -58,6 +58,9 @@ def test_training_logs_periodic_and_final_evaluations_with_lm_metrics(sweep):
             assert sum(hist["counts"]) + hist["dead"] == 2 * 576
         final = json.loads((sweep / f"k{k}" / "metrics.json").read_text())
         assert final["explained_variance"] == evals[-1]["eval/explained_variance"]
+        # the LM metrics of every eval/* point come from the same (periodic) contexts
+        assert evals[0]["eval/ce_clean"] == evals[1]["eval/ce_clean"] and evals[0]["eval/ce_tokens"] == evals[1]["eval/ce_tokens"]
+        assert final["ce_tokens"] > evals[1]["eval/ce_tokens"]  # metrics.json: the larger training.ce_tokens set
         assert final["positions"]["excluded_positions"] > 0 and "<|endoftext|>" in final["positions"]["excluded_tokens"]
         # the W&B run (offline here) received the same evaluations
         wandb_files = list((sweep / f"k{k}" / "wandb").glob("offline-run-*/run-*.wandb"))

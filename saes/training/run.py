@@ -146,10 +146,11 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
                            wandb_id=(state or {}).get("wandb_ids", {}).get(m.spec.name),
                            resume_step=m.trainer.step_count if state is not None else None)
 
-    status = _train_loop(cfg, stream, members, held, run_dir, periodic_lm_evaluator(cfg, model, heldout, source.keep_mask))
+    periodic_lm = periodic_lm_evaluator(cfg, model, heldout, source.keep_mask)
+    status = _train_loop(cfg, stream, members, held, run_dir, periodic_lm)
     train_seconds = time.perf_counter() - start
-    final = _final_evals(cfg, members, status, held, heldout, model, source)
-    results = {m.spec.name: _finish_member(cfg, m, status, ev, source, train_seconds, wall_start) for m, ev in zip(members, final)}
+    final = _final_evals(cfg, members, status, held, heldout, model, source, periodic_lm)
+    results = {m.spec.name: _finish_member(cfg, m, status, *ev, source, train_seconds, wall_start) for m, ev in zip(members, final)}
     if status == "finished":
         remove_state(run_dir)
     else:
@@ -234,22 +235,26 @@ def _log_eval(members: list[Member], held: dict, lm) -> None:
 
 
 def _final_evals(cfg, members: list[Member], status: str, held: dict, heldout: torch.Tensor, model,
-                 source: ActivationSource) -> list[dict[str, Any]]:
-    """Held-out metrics of every SAE at the end (LM metrics only for a finished run)."""
+                 source: ActivationSource, periodic_lm) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Per SAE: the final held-out metrics (LM metrics only for a finished run) and the last
+    ``eval/*`` record, whose LM metrics come from the periodic contexts like the earlier ones."""
     ce_tokens = cfg.training.ce_tokens if status == "finished" else 0
     lm = lm_evaluator(model, heldout, source.keep_mask, ce_tokens, cfg.data.context_size, periodic=False)
     excluded = source.excluded_ids.tolist() if source.excluded_ids is not None else []
     positions = position_summary(heldout, source.keep_mask, model.tokenizer.convert_ids_to_tokens(excluded))
-    return [{**metrics, "positions": positions} for metrics in evaluate_saes(_splices(members), held, lm)]
+    splices = _splices(members)
+    finals = evaluate_saes(splices, held, lm)
+    last_lm = periodic_lm(splices) if periodic_lm is not None and status == "finished" else [{} for _ in splices]
+    return [({**final, "positions": positions}, eval_record({**final, **extra})) for final, extra in zip(finals, last_lm)]
 
 
-def _finish_member(cfg, m: Member, status: str, evaluation: dict[str, Any], source: ActivationSource,
-                   train_seconds: float, wall_start: float) -> dict[str, Any]:
-    """The folded checkpoint, final evaluation records and metrics.json of one SAE."""
+def _finish_member(cfg, m: Member, status: str, evaluation: dict[str, Any], record: dict[str, Any],
+                   source: ActivationSource, train_seconds: float, wall_start: float) -> dict[str, Any]:
+    """The folded checkpoint, the last evaluation record and metrics.json of one SAE."""
     folded = m.trainer.folded_copy().eval()
     evaluation = dict(evaluation)
     save_sae(folded, m.dir / SAE_DIR, checkpoint_metadata(cfg, m.spec, m.trainer, status), evaluation.pop("log10_density"))
-    m.log.log(eval_record(evaluation), step=m.trainer.step_count)
+    m.log.log(record, step=m.trainer.step_count)
     metrics: dict[str, Any] = {
         "status": status,
         "train_tokens": m.trainer.tokens,
