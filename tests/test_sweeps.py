@@ -49,11 +49,29 @@ def test_layer_specs(spec, layers):
     assert parse_layers(spec) == layers
 
 
+def test_plan_crosses_layers_hooks_and_listed_sae_options():
+    from hydra import compose, initialize_config_dir
+
+    from saes.config import register_configs
+    from saes.training.plan import plan_members
+
+    register_configs()
+    hooks = '["blocks.{layer}.hook_resid_post","blocks.{layer}.hook_mlp_out"]'
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"site.hook_in={hooks}", "layer=2-3", "sae.k=[16,32]"])
+        single = compose("train", overrides=[])
+    members = plan_members(cfg)
+    assert len(members) == 8 and len({m.name for m in members}) == 8
+    assert {(m.hook_in, m.sae_options["k"]) for m in members} == {
+        (f"blocks.{layer}.hook_{site}", k) for layer in (2, 3) for site in ("resid_post", "mlp_out") for k in (16, 32)}
+    assert [m.name for m in plan_members(single)] == ["."]  # one SAE: directly in the run folder
+
+
 def test_multirun_layer_ranges_become_jobs():
-    assert expand_layer_args(["layer=0-3", "-m"]) == ["layer=0,1,2,3", "-m"]
-    assert expand_layer_args(["layer=0-7", "-m", "layers_per_job=4"]) == ["layer='0-3','4-7'", "-m", "layers_per_job=4"]
+    assert expand_layer_args(["layer=0-3", "-m"]) == ["-m", "layer=0,1,2,3"]
+    assert expand_layer_args(["layer=0-7", "-m", "layers_per_job=4"]) == ["-m", "layer='0-3','4-7'", "layers_per_job=4"]
     assert expand_layer_args(["layer=range(0,3)"]) == ["layer='0-2'"]
-    assert expand_layer_args(["layer=5", "-m"]) == ["layer=5", "-m"]
+    assert expand_layer_args(["layer=5", "--multirun", "tokens=9"]) == ["--multirun", "layer=5", "tokens=9"]
 
 
 def test_two_layers_in_one_process_equal_two_single_runs_with_one_forward_per_batch(tmp_path):

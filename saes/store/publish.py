@@ -22,7 +22,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from numbers import Real
 from typing import Any
 
@@ -51,7 +51,7 @@ JOURNALED = WriteConcern(w=1, j=True)
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_analysis_id() -> str:
@@ -210,8 +210,8 @@ def _as_utc(value: Any) -> datetime:
         except ValueError:
             value = None
     if not isinstance(value, datetime):
-        return datetime.fromtimestamp(0, timezone.utc)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return datetime.fromtimestamp(0, UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _feature_doc(feature: Mapping[str, Any], dictionary_id: str, aid: str) -> Document:
@@ -257,7 +257,8 @@ def _abandon(db: Database[Document], dictionary_id: str, aid: str, error: BaseEx
     """Best effort after a failed write: mark the analysis failed and delete its partial documents."""
     try:
         db[ANALYSES].update_one(
-            {"_id": aid}, {"$set": {"status": FAILED, "error": f"{type(error).__name__}: {error}"[:2000], "finished_at": _now()}}
+            {"_id": aid},
+            {"$set": {"status": FAILED, "error": f"{type(error).__name__}: {error}"[:2000], "finished_at": _now()}},
         )
         db[FEATURES].delete_many({"dictionary_id": dictionary_id, "analysis_id": aid})
         db[ANALYSES].update_one({"_id": aid}, {"$set": {"cleaned": True}})
