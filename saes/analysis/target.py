@@ -3,6 +3,7 @@ the config's overrides), plus a stable dictionary id. Nothing heavy is loaded he
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -11,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from saes.activations import hook_layer
+from saes.config import DataConfig, ModelConfig
 from saes.errors import ConfigError
 from saes.sae.formats import CFG_FILE, read_cfg
 
@@ -87,7 +89,7 @@ def resolve_target(cfg: DictConfig, choices: Mapping[str, Any] | None = None) ->
     base_model = trained.get("model") or {
         "name": Path(str(meta.get("model_name", "model"))).name, "source": meta.get("model_name"), "bos_token": None,
     }  # fmt: skip
-    model = _merge(base_model, cfg.model, replace=choices.get("model") is not None)
+    model = _merge(base_model, cfg.model, ModelConfig, replace=choices.get("model") is not None)
     if not model.get("source"):
         raise ConfigError("the SAE's metadata names no model: set model.source=<hub id or folder> (or model=<group>)")
     model["device"], model["dtype"] = cfg.model.device, cfg.model.dtype
@@ -96,7 +98,7 @@ def resolve_target(cfg: DictConfig, choices: Mapping[str, Any] | None = None) ->
     if base_data is None and choices.get("data") is None:
         raise ConfigError("the SAE's metadata has no dataset config (not trained by saes): choose one with "
                           "data=<pydocs|fineweb_edu|pile_uncopyrighted|hub|files>")
-    data = _merge(base_data or {}, cfg.data, replace=choices.get("data") is not None)
+    data = _merge(base_data or {}, cfg.data, DataConfig, replace=choices.get("data") is not None)
     if meta.get("context_size") and cfg.data.context_size is None and choices.get("data") is None:
         data["context_size"] = int(meta["context_size"])
     if "exclude_special" not in data or data["exclude_special"] is None:
@@ -133,15 +135,15 @@ def run_metrics(target: Target) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
-def _merge(base: Mapping[str, Any], overrides: DictConfig, replace: bool) -> dict[str, Any]:
-    """``overrides`` on top of ``base`` (all of them when a group was chosen, else the non-None ones)."""
+def _merge(base: Mapping[str, Any], overrides: DictConfig, schema: type, replace: bool) -> dict[str, Any]:
+    """The non-None ``overrides`` on top of ``base``, or, when a group was chosen (``replace``), on
+    top of the ``schema`` dataclass's defaults (the group's YAML sets only some keys)."""
     over = OmegaConf.to_container(overrides, resolve=True)
     assert isinstance(over, dict)
-    over = {k: v for k, v in over.items() if k not in ("device", "dtype")}
     if replace:
-        return dict(over)
-    merged = dict(base)
-    merged.update({k: v for k, v in over.items() if v is not None})
+        base = {f.name: None if f.default in (MISSING, dataclasses.MISSING) else f.default for f in dataclasses.fields(schema)}
+    merged = {k: v for k, v in base.items() if k not in ("device", "dtype")}
+    merged.update({k: v for k, v in over.items() if v is not None and k not in ("device", "dtype")})
     return merged
 
 
