@@ -3,7 +3,7 @@
 With ``-m``, ``layer=0-31`` becomes one job per layer (``layer=0,1,...,31``), or with
 ``layers_per_job=8`` one job per group of 8 layers (``layer='0-7','8-15',...``), each job training
 its layers from one shared forward pass. Without ``-m``, ``layer=range(0,4)`` becomes
-``layer=0-3`` (all layers in this process).
+``layer=0-3`` (all layers in this process). ``-m`` may stand anywhere on the command line.
 """
 
 from __future__ import annotations
@@ -47,4 +47,6 @@ def expand_layer_args(argv: list[str]) -> list[str]:
         else:
             groups = [layers[i : i + per_job] for i in range(0, len(layers), per_job)]
             out.append("layer=" + ",".join(f"'{format_layers(g)}'" for g in groups))
-    return out
+    # argparse cannot split positional overrides around a flag: put -m/--multirun first
+    flags = [a for a in out if a in ("-m", "--multirun")]
+    return flags + [a for a in out if a not in ("-m", "--multirun")]

@@ -162,7 +162,8 @@ class TrainConfig:
     """Block(s) the site hooks: ``3``, ``0-31``, ``0,4,8``. Several layers train one SAE each from
     one shared forward pass; with ``-m``, one job per layer (see ``layers_per_job``)."""
     layers_per_job: int = 1
-    """With ``-m`` and a layer range: layers per job (each job shares its forward pass)."""
+    """With ``-m`` and a layer range: layers per job (each job shares its forward pass). Read from
+    the command line by ``launchers.argv`` before Hydra expands the sweep."""
     resume: bool = True
     """Re-running a command continues its run folder's checkpoint; a finished run is not redone.
     ``resume=false`` starts over."""

@@ -68,10 +68,10 @@ def test_plan_crosses_layers_hooks_and_listed_sae_options():
 
 
 def test_multirun_layer_ranges_become_jobs():
-    assert expand_layer_args(["layer=0-3", "-m"]) == ["layer=0,1,2,3", "-m"]
-    assert expand_layer_args(["layer=0-7", "-m", "layers_per_job=4"]) == ["layer='0-3','4-7'", "-m", "layers_per_job=4"]
+    assert expand_layer_args(["layer=0-3", "-m"]) == ["-m", "layer=0,1,2,3"]
+    assert expand_layer_args(["layer=0-7", "-m", "layers_per_job=4"]) == ["-m", "layer='0-3','4-7'", "layers_per_job=4"]
     assert expand_layer_args(["layer=range(0,3)"]) == ["layer='0-2'"]
-    assert expand_layer_args(["layer=5", "-m"]) == ["layer=5", "-m"]
+    assert expand_layer_args(["layer=5", "--multirun", "tokens=9"]) == ["--multirun", "layer=5", "tokens=9"]
 
 
 def test_two_layers_in_one_process_equal_two_single_runs_with_one_forward_per_batch(tmp_path):
