@@ -1,8 +1,9 @@
 """Reading analyses: only the features of a dictionary's active analysis are ever returned.
 
-A read resolves the dictionary's ``active_analysis_id`` and then reads features under that id. If
-a publish flips the active id between the two steps (and deletes the old features) the read comes
-back empty; it is then retried under the new id, so callers never see a transient gap.
+A read resolves the dictionary's ``active_analysis_id``, reads features under that id, and checks
+the id is still active. If a publish flipped it meanwhile (and began deleting the old features)
+the read may be empty or partial; it is then redone under the new id, so callers never see a gap,
+a partial result, or a mix of two analyses.
 
 Sorted listing: every active analysis carries whole-analysis columns (index, density,
 max_activation, mean_activation as packed arrays, ~16 bytes a feature). :func:`list_features`
@@ -28,6 +29,7 @@ Range = tuple[float | None, float | None]
 
 _COLUMNS_CACHE: OrderedDict[tuple[str, str], dict[str, np.ndarray] | None] = OrderedDict()
 _COLUMNS_CACHE_SIZE = 16
+_READ_ATTEMPTS = 5  # a read is redone when a publish flipped the active analysis during it
 
 
 def get_dictionary(db: Database[Document], dictionary_id: str) -> Document | None:
@@ -172,12 +174,16 @@ def _columns(db: Database[Document], aid: str) -> dict[str, np.ndarray] | None:
 
 
 def _read_active(db: Database[Document], dictionary_id: str, read: Callable[[str], T], empty: T) -> T:
+    """``read(aid)`` under the active analysis id, kept only if that id is still active after the
+    read. A publish flips the id before it deletes the old documents, so a read that ends while
+    its id is still active saw all of them; one that overlapped the flip may have seen part of
+    them (its cursor's later batches came after the deletion) and is redone under the new id."""
     result = empty
-    for _ in range(3):
+    for _ in range(_READ_ATTEMPTS):
         aid = active_analysis_id(db, dictionary_id)
         if aid is None:
             return empty
         result = read(aid)
-        if result or active_analysis_id(db, dictionary_id) == aid:
+        if active_analysis_id(db, dictionary_id) == aid:
             return result
     return result
