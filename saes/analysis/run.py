@@ -1,0 +1,182 @@
+"""A whole analysis: SAE + metadata -> database check -> model -> streaming pass -> weight effects
+-> one document per feature, published atomically (``saes.store.publish_analysis``).
+
+Bad input fails before the expensive parts: an unknown SAE path or bad setting before anything is
+loaded, an unreachable database within seconds (before the model is loaded, nothing written), a
+hook that does not exist or whose width is not the SAE's d_in before any forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from saes.activations import ActivationSource, stop_at_layer, validate_hooks
+from saes.analysis.accumulate import FeatureAccumulator
+from saes.analysis.config import AnalysisConfig, validate_analysis
+from saes.analysis.documents import WeightEffects, dictionary_stats, feature_documents
+from saes.analysis.effects import logit_effects, nearest_neighbours
+from saes.analysis.stream import analyze_stream, batches
+from saes.analysis.target import Target, resolve_target, run_metrics
+from saes.analysis.tokens import TokenStrings
+from saes.data import iter_documents, iter_token_stream, load_corpus, pack_contexts
+from saes.errors import ConfigError
+from saes.models import load_model, resolve_device
+from saes.sae.formats import WEIGHTS_FILE, load_sae
+from saes.store import connect, ensure_server, publish_analysis, upsert_dictionary
+from saes.store.schema import redact_uri
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from saes.sae.base import SAE
+
+_D_MODEL_HOOK = re.compile(
+    r"^(hook_embed|embed\.hook_out|ln_final\.hook_normalized|blocks\.\d+\.(hook_resid_(pre|mid|post)|hook_attn_out|"
+    r"hook_mlp_out|hook_in|hook_out|mlp\.hook_in|mlp\.hook_out|attn\.hook_in|attn\.hook_out|ln\d\.hook_normalized))$"
+)
+_D_MLP_HOOK = re.compile(r"^blocks\.\d+\.mlp\.(hook_pre|hook_post|hook_pre_linear)$")
+
+
+def hook_width(model: "TransformerBridge", hook: str) -> int:
+    """Width of the vectors at ``hook``: from its name for the usual hooks (no forward), else from
+    a one-context, two-token probe forward."""
+    if _D_MODEL_HOOK.match(hook):
+        return int(model.cfg.d_model)
+    if _D_MLP_HOOK.match(hook) and getattr(model.cfg, "d_mlp", None):
+        return int(model.cfg.d_mlp)
+    probe = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+    _, cache = model.run_with_cache(probe, names_filter=[hook], stop_at_layer=stop_at_layer([hook], model.cfg.n_layers))
+    shape = tuple(cache[hook].shape[2:])
+    if len(shape) != 1:
+        raise ConfigError(f"hook {hook!r} holds {shape}-shaped values per position; an SAE reads vectors")
+    return int(shape[0])
+
+
+def check_widths(model: "TransformerBridge", sae: "SAE", target: Target) -> bool:
+    """Raise :class:`ConfigError` when the SAE's d_in is not the hook's width; return whether the
+    decoder writes into the residual stream (so logit effects apply)."""
+    validate_hooks([target.hook_in, target.hook_out], model.hook_dict.keys(), model.cfg.n_layers)
+    width = hook_width(model, target.hook_in)
+    if width != sae.d_in:
+        raise ConfigError(
+            f"the SAE reads vectors of d_in={sae.d_in}, but {target.hook_in} of model {target.model.source} has width "
+            f"{width}: pass the model the SAE was trained on (model.source=...) or a hook of width {sae.d_in} (site.hook_in=...)"
+        )
+    return bool(_D_MODEL_HOOK.match(target.hook_out)) and sae.d_out == int(model.cfg.d_model)
+
+
+def run_analysis(
+    cfg: DictConfig,
+    choices: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    model: "TransformerBridge | None" = None,
+) -> dict[str, Any]:
+    """Analyze ``cfg.sae_path`` and publish it; returns a summary (ids, counts, timings, URI).
+    ``model``: the already loaded model of the SAE's ``model.source`` (skips loading it)."""
+    wall = time.perf_counter()
+    settings: AnalysisConfig = OmegaConf.to_object(cfg.analysis)  # type: ignore[assignment]
+    validate_analysis(settings)
+    target = resolve_target(cfg, choices)
+    sae = load_sae(target.sae_dir, device=resolve_device(cfg.device)).eval()
+    uri = cfg.mongo_uri or ensure_server()  # $MONGO_URI, else the local server (started on demand)
+    db = connect(uri, cfg.mongo_db)  # fails within seconds, naming the URI; writes nothing
+
+    if model is None:
+        model = load_model(target.model.source, device=target.model.device, dtype=target.model.dtype)
+    residual_out = check_widths(model, sae, target)
+    corpus = load_corpus(target.data, model.tokenizer, target.model.bos_token)
+    excluded = corpus.special_ids() if target.data.exclude_special else None
+    source = ActivationSource(model, [target.hook_in], excluded_ids=None, device=resolve_device(cfg.device))
+    ctx_len = int(target.data.context_size)
+    n_contexts = max(1, settings.tokens // ctx_len)
+    contexts = pack_contexts(iter_token_stream(iter_documents(target.data), model.tokenizer, corpus.bos_id), ctx_len, corpus.bos_id)
+    acc = FeatureAccumulator(sae.d_sae, settings, device=next(sae.parameters()).device)
+    times = analyze_stream(source, sae, acc, batches(contexts, settings.batch_contexts, n_contexts),
+                           _keep_fn(excluded), n_contexts * ctx_len, progress)  # fmt: skip
+    if acc.rows == 0:
+        raise ConfigError(f"the dataset gave no analyzable tokens (data.source={target.data.source})")
+
+    t0 = time.perf_counter()
+    W_dec_FD = sae.W_dec_FD.detach()
+    effects = WeightEffects(
+        logits=logit_effects(W_dec_FD, model, settings.logit_effects) if residual_out and settings.logit_effects else None,
+        neighbours=nearest_neighbours(W_dec_FD, settings.neighbours) if settings.neighbours and sae.d_sae > 1 else None,
+    )
+    effects_seconds = time.perf_counter() - t0
+    acc.to_cpu()
+
+    metrics = run_metrics(target)
+    stats = dictionary_stats(acc)
+    upsert_dictionary(db, target.dictionary_id, config=_dictionary_config(target), provenance=_provenance(target),
+                      metrics=metrics)  # fmt: skip
+    t1 = time.perf_counter()
+    meta = {
+        "sae_path": str(target.sae_dir.resolve()),
+        "sae_fingerprint": _fingerprint(target),
+        "model": OmegaConf.to_container(target.model),
+        "hook_in": target.hook_in,
+        "hook_out": target.hook_out,
+        "data": OmegaConf.to_container(target.data),
+        "settings": OmegaConf.to_container(cfg.analysis),
+        "window": {"before": settings.window_before, "after": settings.window_after},
+        "histogram_bins": {"min": settings.hist_min, "max": settings.hist_max, "per_decade": settings.hist_bins_per_decade},
+        "logit_effects": None if residual_out else f"decoder output ({target.hook_out}) is not in the residual stream",
+        "stats": stats,
+        "sae_metrics": metrics,
+        "timing": {"stream_seconds": times.seconds, "tokens_per_second": times.tokens_per_second,
+                   "forward_seconds": times.forward, "encode_seconds": times.encode,
+                   "accumulate_seconds": times.accumulate, "effects_seconds": effects_seconds},
+    }  # fmt: skip
+    docs = feature_documents(acc, settings, TokenStrings(model.tokenizer), effects)
+    analysis_id = publish_analysis(db, target.dictionary_id, docs, meta=meta, expected_count=sae.d_sae)
+    return {
+        "dictionary_id": target.dictionary_id,
+        "analysis_id": analysis_id,
+        "features": sae.d_sae,
+        "uri": redact_uri(uri),
+        "database": db.name,
+        **{k: stats[k] for k in ("tokens", "contexts", "alive", "dead", "l0")},
+        "tokens_per_second": times.tokens_per_second,
+        "write_seconds": time.perf_counter() - t1,
+        "wall_seconds": time.perf_counter() - wall,
+    }
+
+
+def _keep_fn(excluded: torch.Tensor | None):
+    def keep(tokens_BT: torch.Tensor) -> torch.Tensor:
+        if excluded is None:
+            return torch.ones_like(tokens_BT, dtype=torch.bool)
+        return ~torch.isin(tokens_BT, excluded.to(tokens_BT.device))
+
+    return keep
+
+
+def _dictionary_config(target: Target) -> dict[str, Any]:
+    """The SAE's cfg.json without its metadata, plus the training config it records."""
+    config = {k: v for k, v in target.sae_cfg.items() if k != "metadata"}
+    config["training"] = target.metadata.get("config")
+    return config
+
+
+def _provenance(target: Target) -> dict[str, Any]:
+    meta = target.metadata
+    keys = ("model_name", "hook_name", "hook_name_out", "context_size", "dataset_path", "training_tokens", "status")
+    return {"sae_path": str(target.sae_dir.resolve()), "host": socket.gethostname(), "user": os.environ.get("USER"),
+            **{k: meta.get(k) for k in keys}}  # fmt: skip
+
+
+def _fingerprint(target: Target) -> str | None:
+    """sha256 (first 16 hex digits) of the weights file: tells whether the SAE changed."""
+    try:
+        return hashlib.sha256((target.sae_dir / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
