@@ -9,11 +9,14 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from server.deps import LiveCache
+from server.pages import Dictionaries, FeaturePages
+from server.search import SearchCache
 from server.routers import dictionaries, features, inference
 from server.settings import Settings
 
@@ -34,8 +37,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="saes feature API", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.live = LiveCache(settings.model_cache_size, settings.device)
+    app.state.search = SearchCache()
+    app.state.pages = FeaturePages(settings.page_cache_size)
+    app.state.dictionaries = Dictionaries(ttl_s=1.0)
     app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST", "PUT"],
                        allow_headers=["Content-Type", "X-Write-Token"])
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        """Refuse bodies over ``max_request_bytes`` (declared or chunked) before reading them."""
+        length = request.headers.get("content-length")
+        if (length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes)) or (
+            length is None and request.headers.get("transfer-encoding")
+        ):
+            return JSONResponse({"detail": f"request body over {settings.max_request_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.get("/api/health", tags=["health"])
+    def health() -> dict[str, bool]:
+        """Liveness: the server answers and its database does."""
+        app.state.db.client.admin.command("ping")
+        return {"ok": True}
+
     for router in (dictionaries.router, features.router, inference.router):
         app.include_router(router, prefix="/api")
     if UI_DIST.is_dir():

@@ -9,14 +9,16 @@ from fastapi import Header, HTTPException, Request
 from pymongo.database import Database
 
 from saes.inference import LiveSAE
+from server.pages import Dictionaries, FeaturePages
+from server.search import SearchCache
 from server.settings import Settings
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -40,8 +42,20 @@ class LiveCache:
             return live
 
 
-def get_live_cache(request: Request) -> LiveCache:
+async def get_live_cache(request: Request) -> LiveCache:
     return request.app.state.live
+
+
+async def get_feature_pages(request: Request) -> FeaturePages:
+    return request.app.state.pages
+
+
+async def get_dictionaries(request: Request) -> Dictionaries:
+    return request.app.state.dictionaries
+
+
+async def get_search_cache(request: Request) -> SearchCache:
+    return request.app.state.search
 
 
 def require_write_token(request: Request, x_write_token: str | None = Header(None)) -> None:

@@ -21,7 +21,11 @@ class Settings(BaseSettings):
     """Token required in the ``X-Write-Token`` header to write explanations; unset: read-only."""
     model_cache_size: int = Field(2, ge=1, validation_alias=AliasChoices("SAES_MODEL_CACHE_SIZE"))
     """Models+SAEs kept loaded for live inference (LRU)."""
+    page_cache_size: int = Field(4096, ge=0, validation_alias=AliasChoices("SAES_PAGE_CACHE_SIZE"))
+    """Feature pages kept in memory (LRU; ~5-30 kB each; analyses are immutable, so never stale)."""
     max_text_chars: int = Field(2000, ge=1, validation_alias=AliasChoices("SAES_MAX_TEXT_CHARS"))
     """Longest text accepted by the live-inference routes."""
+    max_request_bytes: int = Field(65536, ge=1024, validation_alias=AliasChoices("SAES_MAX_REQUEST_BYTES"))
+    """Largest request body accepted (bytes); larger requests get 413 before being read."""
     device: str = Field("cpu", validation_alias=AliasChoices("SAES_DEVICE"))
     """Device for live inference."""

@@ -145,7 +145,8 @@ def publish_analysis(
     if n <= MAX_COLUMN_ROWS:
         finished["columns"] = {
             "index": pack_array(np.asarray(columns["index"], dtype=np.int64).astype(np.int32)),
-            **{name: pack_array(np.asarray(columns[name], dtype=np.float32)) for name in COLUMN_FIELDS},
+            **{name: pack_array(np.asarray(columns[name], dtype=np.float64 if name == "count" else np.float32))
+               for name in COLUMN_FIELDS},
         }
     analyses.update_one({"_id": aid}, {"$set": finished})
     old = _flip_active(db, dictionary_id, aid)  # the commit point

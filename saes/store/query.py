@@ -5,7 +5,7 @@ the id is still active. If a publish flipped it meanwhile (and began deleting th
 the read may be empty or partial; it is then redone under the new id, so callers never see a gap,
 a partial result, or a mix of two analyses.
 
-Sorted listing: every active analysis carries whole-analysis columns (index, density,
+Sorted listing: every active analysis carries whole-analysis columns (index, count, density,
 max_activation, mean_activation as packed arrays, ~16 bytes a feature). :func:`list_features`
 sorts and filters those in numpy and fetches just one page of documents by index, which takes
 milliseconds; a server-side sort over full feature documents takes ~1 s at 16k features on the
@@ -91,7 +91,7 @@ def count_features(db: Database[Document], dictionary_id: str) -> int:
 
 
 def feature_columns(db: Database[Document], dictionary_id: str) -> dict[str, np.ndarray] | None:
-    """The active analysis's columns (``index``, ``density``, ``max_activation``,
+    """The active analysis's columns (``index``, ``count``, ``density``, ``max_activation``,
     ``mean_activation`` arrays, aligned), or None. Cached per analysis id (they never change)."""
     aid = active_analysis_id(db, dictionary_id)
     return None if aid is None else _columns(db, aid)
@@ -122,17 +122,16 @@ def list_features(
     def read(aid: str) -> list[Document]:
         cols = None if filter else _columns(db, aid)
         if cols is not None and sort_by in cols and all(f in cols for f in ranges):
-            mask = np.ones(cols["index"].shape, dtype=bool)
-            for field, (lo, hi) in ranges.items():
-                if lo is not None:
-                    mask &= cols[field] >= lo
-                if hi is not None:
-                    mask &= cols[field] <= hi
+            mask = _in_ranges(cols, ranges)
             idx, key = cols["index"][mask], cols[sort_by][mask].astype(np.float64)
             if descending:
                 key = -key  # NaN stays NaN, and lexsort puts NaN last
-            page = idx[np.lexsort((idx, key))][skip : skip + limit]
-            return _fetch(db, dictionary_id, aid, page.tolist(), projection)
+            order = np.lexsort((idx, key))[skip : skip + limit]
+            wanted = [f for f, on in (projection or {}).items() if on and f != "_id"]
+            if wanted and all(f in cols for f in wanted):  # served from the columns alone
+                picked = {f: cols[f][mask][order].tolist() for f in wanted}
+                return [{f: picked[f][row] for f in wanted} for row in range(len(order))]
+            return _fetch(db, dictionary_id, aid, idx[order].tolist(), projection)
         query: dict[str, Any] = dict(filter or {})
         for field, (lo, hi) in ranges.items():
             bounds = {op: v for op, v in (("$gte", lo), ("$lte", hi)) if v is not None}
@@ -143,6 +142,23 @@ def list_features(
         return list(cursor.skip(skip).limit(limit))
 
     return _read_active(db, dictionary_id, read, [])
+
+
+def count_in_ranges(db: Database[Document], dictionary_id: str, ranges: Mapping[str, Range]) -> int | None:
+    """How many features of the active analysis have ``lo <= field <= hi`` for every range
+    (column fields only), or None without an active analysis."""
+    cols = feature_columns(db, dictionary_id)
+    return None if cols is None else int(_in_ranges(cols, ranges).sum())
+
+
+def _in_ranges(cols: Mapping[str, np.ndarray], ranges: Mapping[str, Range]) -> np.ndarray:
+    mask = np.ones(cols["index"].shape, dtype=bool)
+    for field, (lo, hi) in ranges.items():
+        if lo is not None:
+            mask &= cols[field] >= lo
+        if hi is not None:
+            mask &= cols[field] <= hi
+    return mask
 
 
 def _fetch(

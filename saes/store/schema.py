@@ -43,7 +43,7 @@ FEATURES = "features"
 WRITING, ACTIVE, SUPERSEDED, DELETED, FAILED = "writing", "active", "superseded", "deleted", "failed"
 
 # Scalar per-feature fields kept as whole-analysis columns (for fast sorted/filtered listing).
-COLUMN_FIELDS: tuple[str, ...] = ("density", "max_activation", "mean_activation")
+COLUMN_FIELDS: tuple[str, ...] = ("count", "density", "max_activation", "mean_activation")
 
 FEATURE_INDEXES: list[tuple[str, list[tuple[str, int]], bool]] = [
     ("feature_key", [("dictionary_id", 1), ("analysis_id", 1), ("index", 1)], True),

@@ -45,6 +45,12 @@ def feature_activations(dictionary_id: str, index: int, body: TextIn, db: Databa
 @router.post("/dictionaries/{dictionary_id}/top-features")
 def top_features(dictionary_id: str, body: TextIn, n: int = Query(10, ge=1, le=100), db: Database = Depends(get_db),
                  settings: Settings = Depends(get_settings), cache: LiveCache = Depends(get_live_cache)) -> dict[str, Any]:
-    """The ``n`` features with the largest activation on any token of ``text``."""
+    """The ``n`` features with the largest activation on any token of ``text`` (strongest first),
+    each with its per-token activations."""
     live = _live(db, dictionary_id, body.text, settings, cache)
-    return {"features": [{"index": i, "max_activation": v} for i, v in live.top_features(body.text, n)]}
+    result = live.activations(body.text)
+    max_F = result.acts_TF.max(dim=0).values
+    values, indices = max_F.topk(min(n, max_F.numel()))
+    features = [{"index": int(i), "max_activation": float(v), "values": result.acts_TF[:, i].tolist()}
+                for i, v in zip(indices, values) if v > 0]  # fmt: skip
+    return {"tokens": result.tokens, "features": features}
