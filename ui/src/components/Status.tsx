@@ -13,7 +13,7 @@ export function Empty({ children }: { children: React.ReactNode }) {
 }
 
 /** An error as a person should read it: backend down, not found, or the server's own message. */
-export function ErrorMessage({ error, onRetry, notFound }: { error: unknown; onRetry?: () => void; notFound?: string }) {
+export function ErrorMessage({ error, onRetry, notFound }: { error: unknown; onRetry?: () => void; notFound?: React.ReactNode }) {
   let title = 'Something went wrong'
   let body: React.ReactNode = error instanceof Error ? error.message : String(error)
   let cls = 'status status-error'
@@ -29,6 +29,7 @@ export function ErrorMessage({ error, onRetry, notFound }: { error: unknown; onR
     title = 'Not found'
     body = notFound ?? error.message
     cls = 'status status-notfound'
+    onRetry = undefined // retrying cannot help
   } else if (error instanceof ApiError) {
     title = `Error ${error.status}`
   }

@@ -12,6 +12,7 @@ export function TokenText({ tokens, acts, max, center = -1 }: { tokens: string[]
           style={{ background: cell.background }}
           title={cell.title}
           data-act={cell.value}
+          data-token={tokens[i]}
         >
           {cell.text}
         </span>

@@ -21,13 +21,14 @@ export function activationColor(value: number, max: number): string {
   return `rgba(${HIGHLIGHT_RGB[0]}, ${HIGHLIGHT_RGB[1]}, ${HIGHLIGHT_RGB[2]}, ${alpha})`
 }
 
-/** An activation with 3 significant digits (``0`` for exact zeros, no exponent below 1e6). */
+/** An activation with 3 significant digits, trailing zeros kept so columns align (``0`` for exact
+ * zeros, whole numbers from 1000, an exponent below 0.001). */
 export function formatActivation(value: number | null | undefined): string {
   if (value === null || value === undefined || Number.isNaN(value)) return '–'
   if (value === 0) return '0'
   const abs = Math.abs(value)
   if (abs >= 1000) return value.toFixed(0)
-  if (abs >= 0.001) return String(Number(value.toPrecision(3)))
+  if (abs >= 0.001) return value.toPrecision(3)
   return value.toExponential(2)
 }
 

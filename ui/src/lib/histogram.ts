@@ -48,12 +48,12 @@ export function activationRows(hist: ActivationHistogram | null | undefined): Bi
   }))
 }
 
-/** Firing rate as text: ``1 in 2,300 tokens (4.3e-4)`` style, short. */
+/** Firing rate (fraction of tokens) as a percentage with 3 significant digits: ``0.0421%``. */
 export function formatDensity(density: number | null | undefined): string {
   if (density === null || density === undefined || Number.isNaN(density)) return '–'
-  if (density === 0) return '0 (dead)'
-  if (density >= 0.01) return `${(density * 100).toPrecision(3)}%`
-  return density.toExponential(2)
+  if (density === 0) return '0% (dead)'
+  const pct = density * 100
+  return pct >= 1e-4 ? `${pct.toPrecision(3)}%` : `${pct.toExponential(2)}%`
 }
 
 /** Tooltip text of a density bin: the firing-rate range it covers. */

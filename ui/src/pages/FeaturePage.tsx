@@ -17,6 +17,7 @@ export function FeaturePage({ id, index }: { id: string; index: number }) {
   const dict = useApi<Dictionary>(api.dictionary(id))
   const dSae = res.data?.d_sae ?? dict.data?.d_sae ?? null
   const hasPrev = index > 0
+  const prev = dSae !== null ? Math.min(index - 1, dSae - 1) : index - 1
   const hasNext = dSae === null || index + 1 < dSae
 
   useEffect(() => {
@@ -24,18 +25,23 @@ export function FeaturePage({ id, index }: { id: string; index: number }) {
       const t = e.target as HTMLElement | null
       if (e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) return
       if (t && (t.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName))) return
-      if (e.key === 'ArrowLeft' && hasPrev) navigate(href.feature(id, index - 1))
+      if (e.key === 'ArrowLeft' && hasPrev) navigate(href.feature(id, prev))
       else if (e.key === 'ArrowRight' && hasNext) navigate(href.feature(id, index + 1))
       else return
       e.preventDefault()
     }
     window.addEventListener('keydown', onKey)
     return () => window.removeEventListener('keydown', onKey)
-  }, [id, index, hasPrev, hasNext])
+  }, [id, index, prev, hasPrev, hasNext])
 
   const f = res.data
   const stale = res.loading || (f !== undefined && f.index !== index)
-  const notFound = `Feature #${index} not found in dictionary “${id}”${dSae !== null ? ` (it has features 0–${dSae - 1})` : ''}.`
+  const notFound = (
+    <>
+      Feature #{index} not found in dictionary “{id}”{dSae !== null ? ` (it has features 0–${dSae - 1})` : ''}.{' '}
+      <a href={href.dictionary(id)}>Browse its features</a>
+    </>
+  )
   return (
     <main className="page">
       <nav className="crumbs">
@@ -47,8 +53,8 @@ export function FeaturePage({ id, index }: { id: string; index: number }) {
           {dict.data && <span className="subtitle">{[dict.data.model, dict.data.site].filter(Boolean).join(' · ')}</span>}
         </h1>
         <div className="feature-nav">
-          <a className={`btn${hasPrev ? '' : ' disabled'}`} href={hasPrev ? href.feature(id, index - 1) : undefined} aria-disabled={!hasPrev}>
-            ← #{index - 1 >= 0 ? index - 1 : '–'}
+          <a className={`btn${hasPrev ? '' : ' disabled'}`} href={hasPrev ? href.feature(id, prev) : undefined} aria-disabled={!hasPrev}>
+            ← #{hasPrev ? prev : '–'}
           </a>
           <a className={`btn${hasNext ? '' : ' disabled'}`} href={hasNext ? href.feature(id, index + 1) : undefined} aria-disabled={!hasNext}>
             #{index + 1} →
