@@ -36,7 +36,10 @@ observed.console = []
 page.on('console', (m) => m.type() === 'error' && observed.console.push(m.text()))
 page.on('pageerror', (e) => observed.console.push(`pageerror: ${e.message}`))
 page.setDefaultTimeout(20000)
-const shot = (name, opts = {}) => page.screenshot({ path: join(out, `${name}.png`), ...opts })
+const shot = async (name, opts = {}) => {
+  await page.mouse.move(0, 0) // no hover outline in the pictures
+  await page.screenshot({ path: join(out, `${name}.png`), ...opts })
+}
 
 /** Every highlighted token in ``root``: its raw string, value, background and visible text. */
 const readTokens = (root) =>
@@ -67,14 +70,44 @@ try {
   mark('sort by density')
   await page.click('th:has-text("Density")')
   await page.waitForSelector('th[aria-sort="descending"]:has-text("Density")')
-  await page.waitForSelector('[data-testid="feature-table"]:not(.stale *)')
-  await page.waitForFunction(() => !document.querySelector('.stale'))
+  await page.waitForFunction(() => !document.querySelector('.stale, .status-loading'))
   observed.tableByDensity = await tableIndices()
 
+  mark('pagination')
+  const settled = async (hashPart) => {
+    await page.waitForFunction((part) => location.hash.includes(part), hashPart)
+    await page.waitForFunction(() => !document.querySelector('.stale, .status-loading'))
+  }
+  await page.click('.pager button:has-text("Next")')
+  await settled('page=1')
+  observed.tableByDensityPage2 = await tableIndices()
+  observed.pagerPage2 = await page.textContent('.pager span')
+
+  mark('filters')
+  await page.getByLabel('Density ≥').fill(String(args.densityMin))
+  await page.getByLabel('Max act ≥').fill(String(args.maxActMin))
+  await page.click('.filters button[type="submit"]')
+  await settled('amin=')
+  observed.tableFiltered = await tableIndices()
+  observed.filteredTotal = await page.textContent('.card-head .muted')
+  observed.filteredHash = await page.evaluate(() => location.hash)
+
+  mark('search')
+  await page.fill('input[aria-label="Search features by token"]', args.search)
+  await page.press('input[aria-label="Search features by token"]', 'Enter')
+  await page.waitForSelector('[data-testid="search-results"] a.chip, [data-testid="search-results"] .status-empty')
+  observed.searchResults = await page.$$eval('[data-testid="search-results"] a.chip', (as) => as.map((a) => a.getAttribute('href')))
+  await shot('search', { fullPage: false })
+
+  mark('random')
+  await page.click('button:has-text("Random feature")')
+  await page.waitForSelector('[data-feature-index][data-loading="false"]')
+  observed.random = Number(await page.getAttribute('[data-feature-index]', 'data-feature-index'))
+
   mark('feature')
-  await page.goBack()
+  await page.click(`nav.crumbs a[href="#/d/${encodeURIComponent(dictionary)}"]`)
   await page.waitForSelector('th[aria-sort="descending"]:has-text("Max activation")')
-  await page.waitForFunction(() => !document.querySelector('.stale'))
+  await page.waitForFunction(() => !document.querySelector('.stale, .status-loading'))
   await page.click(`[data-testid="feature-table"] a[href="#/d/${encodeURIComponent(dictionary)}/f/${feature}"]`)
   await featureReady(feature)
   await page.waitForSelector('[data-testid="activation-histogram"] .recharts-bar-rectangle')

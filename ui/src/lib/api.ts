@@ -1,7 +1,10 @@
 /** Typed client of the feature API (server/routers/*.py). */
 
-/** The backend's base URL: VITE_BACKEND_URL in dev (ui/.env), same origin when served by FastAPI. */
-export const BACKEND_URL: string = ((import.meta.env.VITE_BACKEND_URL as string | undefined) ?? '').replace(/\/+$/, '')
+/** The backend's base URL. Dev server (``npm run dev``): VITE_BACKEND_URL from ui/.env, default
+ * http://localhost:24577. Built UI: always the server that serves it (same origin, ``/api``). */
+export const BACKEND_URL: string = import.meta.env.DEV
+  ? ((import.meta.env.VITE_BACKEND_URL as string | undefined) || 'http://localhost:24577').replace(/\/+$/, '')
+  : ''
 
 /** Where the backend is, for messages ("the backend at ... is unreachable"). */
 export function backendLabel(): string {

@@ -35,5 +35,7 @@ export function useApi<T>(path: string | null): ApiState<T> {
   }, [path, nonce])
 
   const reload = useCallback(() => setNonce((n) => n + 1), [])
-  return { ...state, reload }
+  // Loading from the very render that changes the path (not one effect later): no frame shows old data as current.
+  const loading = state.loading || (path !== null && state.dataPath !== path && state.error === undefined)
+  return { ...state, loading, reload }
 }
