@@ -17,14 +17,18 @@ SKIP_CODES = {3: "no Node.js/npm", 4: "no Chromium and no way to install it"}
 
 def setup_ui(*flags: str) -> None:
     """Run scripts/setup_ui.sh; skip (fail under CI) when Node.js or Chromium cannot be had."""
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "setup_ui.sh"), *flags], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "setup_ui.sh"), *flags], check=False, capture_output=True, text=True
+    )
     if proc.returncode in SKIP_CODES:
         reason = f"{SKIP_CODES[proc.returncode]}: {proc.stderr.strip()}"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
     if proc.returncode != 0:
-        pytest.fail(f"scripts/setup_ui.sh {' '.join(flags)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"scripts/setup_ui.sh {' '.join(flags)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -139,6 +139,16 @@ try {
   await page.locator('[data-testid="live"]').scrollIntoViewIfNeeded()
   await shot('live')
 
+  if (args.explanation) {
+    mark('explanation')
+    await page.click('.card-head button:has-text("Edit")')
+    await page.fill('.explain-form textarea', args.explanation)
+    await page.fill('.explain-form input[aria-label="write token"]', args.writeToken)
+    await page.click('.explain-form button[type="submit"]')
+    await page.waitForSelector('[data-testid="explanation"]')
+    observed.explanation = await page.textContent('[data-testid="explanation"]')
+  }
+
   mark('not found')
   await page.goto(`${url}/#/d/${encodeURIComponent(dictionary)}/f/999999`)
   await page.waitForSelector('.status-notfound')

@@ -22,13 +22,15 @@ from typing import Any
 
 import pytest
 
+from saes.store import connect
 from tests.analysis.conftest import make_sae, mongo_uri  # noqa: F401  (shared fixtures)
-from tests.server.conftest import DB_NAME, analyzed  # noqa: F401
+from tests.server.conftest import DB_NAME, WRITE_TOKEN, analyzed  # noqa: F401
 
 from ..conftest import REPO
 from .conftest import ARTIFACTS
 
 LIVE_TEXT = "def main():\n    print('Hello <b>world</b> & friends')\n    return 42"
+EXPLANATION = "Fires on <tokens> & spaces before code"
 HIGHLIGHT_MAX_ALPHA = 0.85
 
 
@@ -49,8 +51,9 @@ def get_json(url: str, body: Any = None) -> Any:
 def server(analyzed, ui_built) -> Iterator[SimpleNamespace]:  # noqa: F811
     """``uvicorn server.app:app`` on a free port, serving ui/dist and the analyzed database."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("SAES_WRITE_TOKEN", "SAES_ALLOWED_ORIGINS")}
-    env.update(MONGO_URI=analyzed.uri, SAES_MONGO_DB=DB_NAME, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = {k: v for k, v in os.environ.items() if k != "SAES_ALLOWED_ORIGINS"}
+    env.update(MONGO_URI=analyzed.uri, SAES_MONGO_DB=DB_NAME, SAES_WRITE_TOKEN=WRITE_TOKEN, HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1")  # fmt: skip
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log_path = ARTIFACTS / "uvicorn.log"
     log = log_path.open("w")
@@ -83,7 +86,9 @@ def alpha(css: str) -> float:
     return float(parts[3]) if len(parts) == 4 else 1.0
 
 
-def check_tokens(seen: list[dict[str, Any]], tokens: list[str], acts: list[float], max_act: float, center: int | None) -> None:
+def check_tokens(
+    seen: list[dict[str, Any]], tokens: list[str], acts: list[float], max_act: float, center: int | None
+) -> None:
     """The page shows exactly these tokens with these activations, colored by activation / max."""
     assert [t["token"] for t in seen] == tokens
     assert [t["act"] for t in seen] == pytest.approx(acts, rel=1e-6, abs=1e-9)
@@ -110,7 +115,9 @@ def test_ui_in_a_browser(server, analyzed):  # noqa: F811
     page2 = get_json(f"{api}/features?sort=density&descending=true&skip=50&limit=50")
     every = {f["index"]: f for f in get_json(f"{api}/features?sort=index&descending=false&limit=500")["features"]}
     density_min, max_act_min = 0.01, 10.0
-    filtered = get_json(f"{api}/features?sort=density&descending=true&limit=50&density_min={density_min}&max_activation_min={max_act_min}")
+    filtered = get_json(
+        f"{api}/features?sort=density&descending=true&limit=50&density_min={density_min}&max_activation_min={max_act_min}"
+    )
     query = next(t["token"].strip() for t in feature["logits"]["top"] if len(t["token"].strip()) >= 2)
     found = get_json(f"{api}/search?q={urllib.parse.quote(query)}&limit=50")["features"]
     live = get_json(f"{api}/features/{index}/activations", {"text": LIVE_TEXT})
@@ -119,12 +126,15 @@ def test_ui_in_a_browser(server, analyzed):  # noqa: F811
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
     args = {"url": server.url, "out": str(ARTIFACTS), "dictionary": analyzed.id, "feature": index, "text": LIVE_TEXT,
-            "densityMin": density_min, "maxActMin": max_act_min, "search": query, "serverPid": server.proc.pid}  # fmt: skip
+            "densityMin": density_min, "maxActMin": max_act_min, "search": query,
+            "explanation": EXPLANATION, "writeToken": WRITE_TOKEN, "serverPid": server.proc.pid}  # fmt: skip
     t0 = time.monotonic()
-    proc = subprocess.run(["node", str(REPO / "tests" / "ui" / "e2e.mjs"), json.dumps(args)], capture_output=True,
-                          text=True, timeout=240)  # fmt: skip
+    cmd = ["node", str(REPO / "tests" / "ui" / "e2e.mjs"), json.dumps(args)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240)
     seen = json.loads((ARTIFACTS / "observed.json").read_text())
-    assert proc.returncode == 0, f"browser run failed at {seen.get('error')}\n{proc.stderr[-3000:]}\nscreenshots: {ARTIFACTS}"
+    assert proc.returncode == 0, (
+        f"browser run failed at {seen.get('error')}\n{proc.stderr[-3000:]}\nscreenshots: {ARTIFACTS}"
+    )
     print(f"browser run {time.monotonic() - t0:.1f} s; screenshots in {ARTIFACTS}")
 
     # Dictionaries page lists the dictionary with its columns.
@@ -141,7 +151,9 @@ def test_ui_in_a_browser(server, analyzed):  # noqa: F811
     assert 0 < filtered["total"] < len(every), "pick filters that keep some features and drop others"
     assert seen["tableFiltered"] == [f["index"] for f in filtered["features"]]
     assert seen["filteredTotal"] == f"{filtered['total']} match"
-    assert all(every[i]["density"] >= density_min and every[i]["max_activation"] >= max_act_min for i in seen["tableFiltered"])
+    assert all(
+        every[i]["density"] >= density_min and every[i]["max_activation"] >= max_act_min for i in seen["tableFiltered"]
+    )
     # Search by token and the random-feature button.
     assert found and seen["searchResults"] == [f"#/d/{analyzed.id}/f/{f['index']}" for f in found]
     assert every[seen["random"]]["count"] > 0
@@ -156,10 +168,19 @@ def test_ui_in_a_browser(server, analyzed):  # noqa: F811
         check_tokens(shown, example["tokens"], example["acts"], feature["max_activation"], example["center"])
     assert f["neighbours"] == [f"#/d/{analyzed.id}/f/{n['index']}" for n in feature["neighbours"]]
     assert f["activationBins"] == len(feature["histogram"]["counts"])
-    assert (seen["afterRight"], seen["afterLeft"]) == (f"#/d/{analyzed.id}/f/{index + 1}", f"#/d/{analyzed.id}/f/{index}")
+    assert (seen["afterRight"], seen["afterLeft"]) == (
+        f"#/d/{analyzed.id}/f/{index + 1}",
+        f"#/d/{analyzed.id}/f/{index}",
+    )
 
     # Live inference: the page shows the API's per-token activations for the typed text.
     check_tokens(seen["live"], live["tokens"], live["values"], feature["max_activation"], None)
+
+    # The explanation typed on the page (with the write token) is stored, and shown as text.
+    assert seen["explanation"] == EXPLANATION
+    db = connect(analyzed.uri, DB_NAME, create_indexes=False)
+    assert db.explanations.find_one({"_id": f"{analyzed.id}:{index}"})["text"] == EXPLANATION
+    db.client.close()
 
     # Error states: a missing feature, then the backend stopped under the open page.
     assert "not found" in seen["notFound"].lower()
