@@ -6,11 +6,13 @@ import { FeaturePage } from './pages/FeaturePage'
 
 export function App() {
   const route = useRoute()
+  // A new page (not a new sort/filter/page of the same table) starts at the top.
+  const pageKey = route.page === 'feature' ? `f:${route.id}:${route.index}` : route.page === 'dictionary' ? `d:${route.id}` : route.page
   useEffect(() => {
     document.title =
       route.page === 'feature' ? `#${route.index} · ${route.id} · saes` : route.page === 'dictionary' ? `${route.id} · saes` : 'saes features'
     window.scrollTo(0, 0)
-  }, [route])
+  }, [pageKey])
   return (
     <>
       <header className="topbar">
