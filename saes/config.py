@@ -139,6 +139,12 @@ class TrainingConfig:
     """Held-out tokens for reconstruction metrics (explained variance, L0, dead latents)."""
     ce_tokens: int = 8_192
     """Held-out tokens for the spliced-model LM-loss metrics (they need full forwards)."""
+    autocast: Optional[str] = None
+    """Mixed precision for SAE steps: ``bfloat16`` or ``float16`` autocast (weights and Adam stay
+    float32); null: plain float32."""
+    checkpoint_every: int = 0
+    """Also save the SAE (normalization folded in) to ``checkpoints/<tokens>/`` every this many
+    training tokens (0: only the final ``sae/``)."""
 
 
 @dataclass

@@ -111,7 +111,8 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     first = list(itertools.islice(batches, max(1, cfg.training.norm_estimate_tokens // cfg.training.batch_size)))
     sample = _concat(iter(first))
 
-    sae = build(OmegaConf.to_container(cfg.sae, resolve=True), d_in=held_x.shape[1], d_out=held_y.shape[1]).to(device)
+    d_out = held_y.shape[1] if hook_out != hook_in else None  # a transcoder when the hooks differ
+    sae = build(OmegaConf.to_container(cfg.sae, resolve=True), d_in=held_x.shape[1], d_out=d_out).to(device)
     trainer = SAETrainer(sae, cfg.optimizer, cfg.training, cfg.tokens)
     trainer.initialize_from_data(sample[hook_in], sample[hook_out] if hook_out != hook_in else sample[hook_in], generator)
 
@@ -120,7 +121,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     status = "finished"
     try:
-        _loop(cfg, trainer, itertools.chain(first, batches), hook_in, hook_out, log, held_x, held_y)
+        _loop(cfg, trainer, itertools.chain(first, batches), hook_in, hook_out, log, held_x, held_y, run_dir)
     except (KeyboardInterrupt, Interrupted) as err:
         status = "interrupted"
         print(f"\n{type(err).__name__}: saving the SAE trained on {trainer.tokens} tokens to {run_dir / SAE_DIR}")
@@ -152,8 +153,10 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-def _loop(cfg, trainer: SAETrainer, batches: Iterator, hook_in: str, hook_out: str, log: MetricsLog, held_x, held_y) -> None:
+def _loop(cfg, trainer: SAETrainer, batches: Iterator, hook_in: str, hook_out: str, log: MetricsLog, held_x, held_y,
+          run_dir: Path) -> None:
     next_eval = cfg.training.eval_every or None
+    next_checkpoint = cfg.training.checkpoint_every or None
     with tqdm(total=cfg.tokens, unit="tok", unit_scale=True, dynamic_ncols=True, desc="train", smoothing=0, mininterval=0.5) as bar:
         for batch in batches:
             if trainer.tokens >= cfg.tokens:
@@ -173,6 +176,10 @@ def _loop(cfg, trainer: SAETrainer, batches: Iterator, hook_in: str, hook_out: s
                 recon = reconstruction_metrics(trainer.folded_copy().eval(), held_x, held_y)
                 recon.pop("firing_counts")
                 log.log({f"eval/{k}": v for k, v in recon.items()}, step=trainer.step_count)
+            if next_checkpoint is not None and trainer.tokens >= next_checkpoint:
+                next_checkpoint += cfg.training.checkpoint_every
+                save_sae(trainer.folded_copy(), run_dir / "checkpoints" / str(trainer.tokens),
+                         checkpoint_metadata(cfg, trainer, "intermediate"))
 
 
 def _until_rows(stream: Iterator[dict[str, torch.Tensor]], rows: int) -> Iterator[dict[str, torch.Tensor]]:
