@@ -30,6 +30,11 @@ DENSE_THRESHOLD = 0.1
 @torch.no_grad()
 def reconstruction_metrics(sae: "SAE", x_ND: torch.Tensor, y_ND: torch.Tensor, batch_size: int = 4096) -> dict[str, float | torch.Tensor]:
     """Explained variance, MSE, L0, dead/dense fractions and per-latent firing counts."""
+    if x_ND.shape[1] != sae.d_in or y_ND.shape[1] != sae.d_out:
+        from saes.sae.compat import SAEMismatchError
+
+        raise SAEMismatchError(f"the SAE maps d_in={sae.d_in} -> d_out={sae.d_out} but the activations have widths "
+                               f"{x_ND.shape[1]} -> {y_ND.shape[1]}")
     sq_err = 0.0
     fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=x_ND.device)
     l0_sum = 0.0
@@ -77,6 +82,9 @@ def lm_metrics(
     batch_contexts: int = 8,
 ) -> dict[str, float]:
     """Clean, spliced and zero-ablated next-token CE, CE recovered, delta LM loss and KL."""
+    from saes.sae.compat import check_sae_fits
+
+    check_sae_fits(sae, model.cfg, hook_in, hook_out)  # before any forward
     device = next(model.parameters()).device
     sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl": 0.0}
     count = 0

@@ -105,7 +105,7 @@ def load_llamascopium(folder: Path) -> SAE:
     if norm_mode == "dataset-wise":
         norms = {key.removeprefix("dataset_average_activation_norm."): float(t)
                  for key, t in tensors.items() if key.startswith("dataset_average_activation_norm.")}
-        missing = [h for h in (hook_in, hook_out) if h not in norms]
+        missing = [h for h in dict.fromkeys((hook_in, hook_out)) if h not in norms]
         if missing:
             raise CheckpointError(f"{weights_path}: norm_activation is dataset-wise but dataset_average_activation_norm "
                                   f"is missing for {missing}")
