@@ -28,7 +28,7 @@ from saes.sae.formats import save_sae
 from saes.sae.registry import build
 from saes.training.metrics_log import MetricsLog
 from saes.training.schedules import SCHEDULES
-from saes.training.trainer import B_DEC_INITS, SAETrainer
+from saes.training.trainer import AUTOCAST_DTYPES, B_DEC_INITS, SAETrainer
 
 SAE_DIR = "sae"
 
@@ -56,6 +56,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"optimizer.schedule={cfg.optimizer.schedule!r} is unknown; use one of {SCHEDULES}")
     if cfg.training.b_dec_init not in B_DEC_INITS:
         raise ConfigError(f"training.b_dec_init={cfg.training.b_dec_init!r} is unknown; use one of {B_DEC_INITS}")
+    if cfg.training.autocast not in (None, *AUTOCAST_DTYPES):
+        raise ConfigError(f"training.autocast={cfg.training.autocast!r} is unknown; use one of {sorted(AUTOCAST_DTYPES)} or null")
     if cfg.logger.kind not in ("wandb", "none"):
         raise ConfigError(f"logger.kind={cfg.logger.kind!r} is unknown; use logger=wandb or logger=none")
     for key in ("tokens", "training.batch_size", "activations.batch_contexts"):
