@@ -103,56 +103,95 @@ class ActivationSource:
 class ShuffleBuffer:
     """Bounded-memory shuffling of aligned activation rows (one tensor per hook).
 
-    Fills to ``capacity`` rows, then yields random batches from half of them and refills, so a
-    batch mixes rows from many forwards. Memory: ``capacity * sum(D)`` floats.
+    Fills to ``capacity`` rows, then emits about half of them in random order, in batches, and
+    refills, so a batch mixes rows from many forwards. Memory: ``capacity * sum(D)`` values. All
+    state is explicit (``state_dict``), so a run can stop at any step and resume exactly.
     """
 
-    def __init__(self, capacity: int, generator: torch.Generator | None = None):
+    def __init__(self, capacity: int, batch_size: int, generator: torch.Generator):
         if capacity < 2:
             raise ConfigError(f"activations.buffer_tokens={capacity} must be at least 2")
         self.capacity = capacity
+        self.batch_size = batch_size
         self.generator = generator
         self.store: dict[str, torch.Tensor] = {}
         self.filled = 0
+        self.order: torch.Tensor | None = None  # emission order of this cycle (row indices)
+        self.cursor = 0  # rows of ``order`` emitted so far
+        self.out_rows = 0  # rows of ``order`` emitted this cycle; the rest are kept
+        self.pending: dict[str, torch.Tensor] | None = None  # source rows not yet stored
+        self.exhausted = False
 
-    def _append(self, rows: dict[str, torch.Tensor], start: int) -> int:
-        """Copy rows from ``start`` into free slots; returns the next unconsumed row."""
-        n = next(iter(rows.values())).shape[0]
-        take = min(n - start, self.capacity - self.filled)
-        for name, tensor in rows.items():
-            if name not in self.store:
-                self.store[name] = torch.empty(self.capacity, tensor.shape[1], dtype=tensor.dtype, device=tensor.device)
-            self.store[name][self.filled : self.filled + take] = tensor[start : start + take]
-        self.filled += take
-        return start + take
+    def _fill(self, source: Iterator[dict[str, torch.Tensor]]) -> None:
+        while self.filled < self.capacity and not self.exhausted:
+            if self.pending is None:
+                self.pending = next(source, None)
+                if self.pending is None:
+                    self.exhausted = True
+                    return
+            n = next(iter(self.pending.values())).shape[0]
+            take = min(n, self.capacity - self.filled)
+            for name, rows in self.pending.items():
+                if name not in self.store:
+                    self.store[name] = torch.empty(self.capacity, *rows.shape[1:], dtype=rows.dtype, device=rows.device)
+                self.store[name][self.filled : self.filled + take] = rows[:take]
+            self.filled += take
+            self.pending = {k: v[take:] for k, v in self.pending.items()} if take < n else None
 
-    def batches(self, source: Iterator[dict[str, torch.Tensor]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield ``{hook: [batch_size, D]}`` shuffled batches until ``source`` is exhausted."""
-        pending: dict[str, torch.Tensor] | None = None
-        start = 0
-        exhausted = False
-        while True:
-            while self.filled < self.capacity and not exhausted:
-                if pending is None or start >= next(iter(pending.values())).shape[0]:
-                    pending = next(source, None)
-                    start = 0
-                    if pending is None:
-                        exhausted = True
-                        break
-                start = self._append(pending, start)
+    def _start_cycle(self) -> None:
+        self.order = torch.randperm(self.filled, generator=self.generator)
+        self.cursor = 0
+        if self.exhausted:  # drain everything; the last batch may be short
+            self.out_rows = self.filled
+        else:  # about half, in whole batches
+            self.out_rows = min(self.filled, max(self.batch_size, self.filled // 2 // self.batch_size * self.batch_size))
+
+    def _end_cycle(self) -> None:
+        assert self.order is not None
+        keep = self.order[self.out_rows :]
+        for name, store in self.store.items():
+            store[: keep.numel()] = store[keep.to(store.device)]
+        self.filled = keep.numel()
+        self.order = None
+
+    def next_batch(self, source: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor] | None:
+        """The next ``{hook: [batch_size, D]}`` batch, or None once ``source`` is drained."""
+        if self.order is not None and self.cursor >= self.out_rows:
+            self._end_cycle()
+        if self.order is None:
+            self._fill(source)
             if self.filled == 0:
-                return
-            order = torch.randperm(self.filled, generator=self.generator, device="cpu")
-            if exhausted:  # drain everything; the last batch may be short
-                out_rows = self.filled
-            else:  # emit about half, in whole batches
-                out_rows = min(self.filled, max(batch_size, self.filled // 2 // batch_size * batch_size))
-            emit, keep = order[:out_rows], order[out_rows:]
-            for i in range(0, out_rows, batch_size):
-                idx = emit[i : i + batch_size]
-                yield {name: store[idx.to(store.device)] for name, store in self.store.items()}
-            for name, store in self.store.items():
-                store[: keep.numel()] = store[keep.to(store.device)]
-            self.filled = keep.numel()
-            if exhausted and self.filled == 0:
-                return
+                return None
+            self._start_cycle()
+        assert self.order is not None
+        idx = self.order[self.cursor : min(self.cursor + self.batch_size, self.out_rows)]
+        self.cursor += idx.numel()
+        return {name: store[idx.to(store.device)] for name, store in self.store.items()}
+
+    def batches(self, source: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield shuffled batches until ``source`` is exhausted and the buffer drained."""
+        while (batch := self.next_batch(source)) is not None:
+            yield batch
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: stored rows, cycle order, pending rows, RNG."""
+        return {
+            "store": {k: v[: self.filled].clone() for k, v in self.store.items()},
+            "filled": self.filled,
+            "order": self.order,
+            "cursor": self.cursor,
+            "out_rows": self.out_rows,
+            "pending": self.pending,
+            "exhausted": self.exhausted,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.store = {}
+        for name, rows in state["store"].items():
+            self.store[name] = torch.empty(self.capacity, *rows.shape[1:], dtype=rows.dtype, device=rows.device)
+            self.store[name][: rows.shape[0]] = rows
+        self.filled = state["filled"]
+        self.order, self.cursor, self.out_rows = state["order"], state["cursor"], state["out_rows"]
+        self.pending, self.exhausted = state["pending"], state["exhausted"]
+        self.generator.set_state(state["generator"])

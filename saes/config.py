@@ -8,11 +8,14 @@ against the variant's own dataclass.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -66,10 +69,11 @@ class DataConfig:
 class SiteConfig:
     """The hook(s) an SAE reads from (and, for transcoders, writes to)."""
 
-    hook_in: str = MISSING
-    """TransformerLens hook name read by the encoder, e.g. ``blocks.3.hook_resid_post``."""
+    hook_in: Any = MISSING
+    """TransformerLens hook read by the encoder; ``{layer}`` is replaced by each layer of
+    ``layer``, e.g. ``blocks.{layer}.hook_resid_post``. A list trains one SAE per hook."""
     hook_out: Optional[str] = None
-    """Hook the decoder reconstructs; None: the same as ``hook_in`` (an ordinary SAE)."""
+    """Hook the decoder reconstructs (transcoders); None: the same as ``hook_in``."""
 
 
 @dataclass
@@ -133,23 +137,30 @@ class TrainingConfig:
     """A latent that has not fired for this many training tokens counts as dead (AuxK, logs)."""
     b_dec_init: str = "mean"
     """``mean``, ``geometric_median`` or ``zeros``."""
-    eval_every: int = 0
-    """Evaluate on held-out tokens every this many training tokens (0: only at the end)."""
+    eval_every: int = 100_000
+    """Evaluate on the held-out set every this many training tokens, logging ``eval/*`` (the final
+    metrics' keys) to metrics.jsonl and W&B; the end of training adds the last point (0: only
+    that one). The default's two evaluations add ~8% to the default 300K-token run on CPU."""
     eval_tokens: int = 50_000
     """Held-out tokens for reconstruction metrics (explained variance, L0, dead latents)."""
     ce_tokens: int = 8_192
-    """Held-out tokens for the spliced-model LM-loss metrics (they need full forwards)."""
+    """Held-out tokens for the spliced-model LM-loss metrics at the end (they need full forwards)."""
+    periodic_ce_tokens: int = 1_024
+    """Held-out tokens for the LM-loss metrics of the periodic evaluations (0: reconstruction
+    metrics only); their clean next-token log-probs stay in memory (tokens x vocab floats)."""
     autocast: Optional[str] = None
     """Mixed precision for SAE steps: ``bfloat16`` or ``float16`` autocast (weights and Adam stay
     float32); null: plain float32."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = 1_000_000
+    """Save a resumable checkpoint every this many training tokens (0: only on signals/Ctrl-C)."""
+    save_every: int = 0
     """Also save the SAE (normalization folded in) to ``checkpoints/<tokens>/`` every this many
     training tokens (0: only the final ``sae/``)."""
 
 
 @dataclass
 class TrainConfig:
-    """``python -m saes.train``: train one SAE on one model hook."""
+    """``python -m saes.train``: train SAEs on a model's hooks (several per forward pass)."""
 
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -159,8 +170,15 @@ class TrainConfig:
     logger: LoggerConfig = MISSING
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    layer: int = 3
-    """Transformer block the site hooks (used by ``site`` configs as ``${layer}``)."""
+    layer: Any = 3
+    """Block(s) the site hooks: ``3``, ``0-31``, ``0,4,8``. Several layers train one SAE each from
+    one shared forward pass; with ``-m``, one job per layer (see ``layers_per_job``)."""
+    layers_per_job: int = 1
+    """With ``-m`` and a layer range: layers per job (each job shares its forward pass). Read from
+    the command line by ``launchers.argv`` before Hydra expands the sweep."""
+    resume: bool = True
+    """Re-running a command continues its run folder's checkpoint; a finished run is not redone.
+    ``resume=false`` starts over."""
     tokens: int = 300_000
     """Training token budget (activation rows the SAE trains on)."""
     seed: int = 0
@@ -171,6 +189,64 @@ class TrainConfig:
     """Model dtype: ``float32``, ``bfloat16`` or ``float16``."""
 
 
+@dataclass
+class EvaluateConfig:
+    """``python -m saes.evaluate sae=<folder>``: held-out metrics of one SAE.
+
+    ``model``, ``data`` and ``site`` come from the SAE's own metadata (the training config for
+    SAEs trained by saes; ``model_name``/``hook_name``/``context_size`` for SAELens checkpoints).
+    Selecting a group (``model=gpt2``, ``data=pydocs``, ``site=mlp_out``) replaces that part;
+    setting a key (``data.holdout_tokens=8192``, ``site.hook_in=blocks.5.hook_resid_pre``)
+    changes only that key.
+    """
+
+    sae: str = MISSING
+    """SAE folder (``cfg.json`` + weights) or a training run folder holding ``sae/``."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
+    layer: Optional[int] = None
+    """Replaces ``{layer}`` in ``site.hook_in``; None: the SAE's own layer."""
+    eval_tokens: int = 50_000
+    """Held-out tokens for reconstruction metrics (explained variance, MSE, L0, densities)."""
+    ce_tokens: int = 8_192
+    """Held-out tokens (the first of the same contexts) for the LM-loss metrics; 0 skips them."""
+    batch_contexts: int = 8
+    """Contexts per model forward."""
+    device: str = "auto"
+    """Where the model and SAE run: ``auto`` (cuda if available), ``cpu``, ``cuda:N``, ``mps``."""
+    dtype: Optional[str] = None
+    """Model dtype; None: the one the SAE was trained with (float32 for foreign SAEs)."""
+
+
+def run_name(override_dirname: str) -> str:
+    """Folder name of a run from its overrides: ``default`` when none, else the overrides made
+    filesystem-safe (long ones shortened with a hash so names stay unique)."""
+    if not override_dirname:
+        return "default"
+    safe = re.sub(r"[^A-Za-z0-9=,._+-]", "_", override_dirname)
+    if len(safe) > 120:
+        safe = safe[:100] + "_" + hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
+    return safe
+
+
 def register_configs() -> None:
-    """Register the top-level schema; ``conf/train.yaml`` lists it first in its defaults."""
+    """Register the top-level schema (``conf/train.yaml`` lists it first) and resolvers."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("saes_run_name"):
+        OmegaConf.register_new_resolver("saes_run_name", run_name)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+EVALUATE_GROUPS = ("model", "data", "site")
+
+
+def register_evaluate_configs() -> None:
+    """Register ``conf/evaluate.yaml``, its schema and the model/data/site options in ConfigStore
+    (``saes.evaluate`` reads its config from there, where ``sae`` is not a config group)."""
+    store = ConfigStore.instance()
+    store.store(name="evaluate_schema", node=EvaluateConfig)
+    store.store(name="evaluate", node=OmegaConf.load(CONF_DIR / "evaluate.yaml"))
+    for group in EVALUATE_GROUPS:
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            store.store(group=group, name=path.stem, node=OmegaConf.load(path))

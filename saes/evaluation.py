@@ -1,20 +1,29 @@
 """Metrics of an SAE on held-out activations and in the spliced language model.
 
 Definitions (one place for each):
-- explained variance = 1 - sum||y - y_hat||^2 / sum||y - mean(y)||^2 over all held-out tokens
-  (mean over tokens, per dimension); FVU = 1 - explained variance.
+- explained variance = 1 - sum||y - y_hat||^2 / sum||y - mean(y)||^2, sums over every held-out
+  token and dimension, mean over tokens per dimension (FVU = 1 - explained variance); y is the
+  SAE's target (its input x for an SAE, the output hook for a transcoder).
+- MSE = sum||y - y_hat||^2 / (tokens * d_out): mean squared error per activation element.
 - L0 = mean number of non-zero latents per token.
-- dead fraction = latents that never fire on the held-out tokens; dense = firing on > 10% of them.
-- CE losses are next-token cross-entropies (nats) averaged over positions whose input token is
-  kept (special tokens such as BOS excluded when ``data.exclude_special``); at excluded
-  positions the spliced model keeps the clean activation. delta LM loss = CE(spliced) -
-  CE(clean); CE recovered = (CE(zero) - CE(spliced)) / (CE(zero) - CE(clean)); KL is
-  KL(clean || spliced) of the next-token distributions, averaged over the same positions.
+- dead fraction = latents that never fire on the held-out tokens; dense fraction = latents firing
+  on more than 10% of them. Feature density = a latent's firing rate (fraction of tokens); its
+  histogram is over log10(density) of the latents that fire at least once.
+- CE losses are next-token cross-entropies (nats per token) averaged over positions whose input
+  token is kept (special tokens such as BOS excluded when ``data.exclude_special``; the last
+  position of a context has no target). At excluded positions the spliced and zero-ablated models
+  keep the clean activation. ``ce_clean``: the model as is; ``ce_spliced``: the SAE's
+  reconstruction replaces the activation at its (output) hook; ``ce_zero``: that activation is
+  zeroed. delta LM loss = ce_spliced - ce_clean; CE recovered = (ce_zero - ce_spliced) /
+  (ce_zero - ce_clean); KL = KL(clean || spliced) of the next-token distributions, averaged over
+  the same positions.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,102 +34,208 @@ if TYPE_CHECKING:
     from saes.sae.base import SAE
 
 DENSE_THRESHOLD = 0.1
+"""A latent firing on more than this fraction of held-out tokens counts as dense."""
+HISTOGRAM_BIN_WIDTH = 0.5
+"""Width of the feature-density histogram bins, in log10 units."""
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: "SAE", x_ND: torch.Tensor, y_ND: torch.Tensor, batch_size: int = 4096) -> dict[str, float | torch.Tensor]:
-    """Explained variance, MSE, L0, dead/dense fractions and per-latent firing counts."""
+def reconstruction_metrics(sae: "SAE", x_ND: torch.Tensor, y_ND: torch.Tensor, batch_size: int = 4096) -> dict[str, Any]:
+    """Explained variance, MSE, L0, dead/dense fractions, and per-latent firing counts ``[F]``
+    (key ``firing_counts``, a tensor) of ``sae`` on inputs ``x_ND`` with targets ``y_ND``."""
     if x_ND.shape[1] != sae.d_in or y_ND.shape[1] != sae.d_out:
         from saes.sae.compat import SAEMismatchError
 
         raise SAEMismatchError(f"the SAE maps d_in={sae.d_in} -> d_out={sae.d_out} but the activations have widths "
                                f"{x_ND.shape[1]} -> {y_ND.shape[1]}")
-    sq_err = 0.0
+    n, d_out = y_ND.shape
+    mean_D = y_ND.sum(0, dtype=torch.float64) / n
+    sq_err = total_var = l0_sum = 0.0
     fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=x_ND.device)
-    l0_sum = 0.0
-    for i in range(0, x_ND.shape[0], batch_size):
+    for i in range(0, n, batch_size):
         acts_BF = sae.encode(x_ND[i : i + batch_size])
-        y_hat = sae.decode(acts_BF)
-        sq_err += (y_hat - y_ND[i : i + batch_size]).pow(2).sum().item()
-        active = acts_BF != 0
-        fired_F += active.sum(0)
-        l0_sum += active.sum().item()
-    n = x_ND.shape[0]
-    total_var = (y_ND - y_ND.mean(0)).pow(2).sum().item()
-    density_F = fired_F.float() / n
+        y_BD = y_ND[i : i + batch_size]
+        sq_err += (sae.decode(acts_BF) - y_BD).double().pow(2).sum().item()
+        total_var += (y_BD.double() - mean_D).pow(2).sum().item()
+        active_BF = acts_BF != 0
+        fired_F += active_BF.sum(0)
+        l0_sum += active_BF.sum().item()
+    density_F = fired_F.double() / n
     return {
         "explained_variance": 1.0 - sq_err / total_var,
-        "mse": sq_err / (n * y_ND.shape[1]),
+        "mse": sq_err / (n * d_out),
         "l0": l0_sum / n,
-        "dead_fraction": (fired_F == 0).float().mean().item(),
-        "dense_fraction": (density_F > DENSE_THRESHOLD).float().mean().item(),
+        "dead_fraction": (fired_F == 0).double().mean().item(),
+        "dense_fraction": (density_F > DENSE_THRESHOLD).double().mean().item(),
         "eval_tokens": n,
         "firing_counts": fired_F.cpu(),
     }
 
 
 def log10_density(firing_counts_F: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """log10 firing rate per latent (-inf-free: never-firing latents get log10(1e-10))."""
-    return torch.log10(firing_counts_F.float() / n_tokens + 1e-10)
+    """log10 firing rate per latent ``[F]`` (never-firing latents get log10(1e-10) = -10)."""
+    return torch.log10(firing_counts_F.double() / n_tokens + 1e-10).float()
 
 
-def _ce_and_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor, keep_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logprobs = logits_BTV[:, :-1].float().log_softmax(-1)
-    ce_BT = -logprobs.gather(-1, tokens_BT[:, 1:, None]).squeeze(-1)
-    mask = keep_BT[:, :-1]
-    return ce_BT[mask], logprobs[mask]
+def density_histogram(firing_counts_F: torch.Tensor, n_tokens: int) -> dict[str, Any]:
+    """Histogram of log10 feature density over the latents that fired at least once.
+
+    Bins are ``HISTOGRAM_BIN_WIDTH`` wide, from the lowest measurable rate (1 / n_tokens, rounded
+    down to a bin edge) to 0 (fires on every token). Returns ``bin_edges`` (len bins + 1),
+    ``counts`` (latents per bin), ``dead`` (latents never firing, not in the bins) and
+    ``n_tokens``.
+    """
+    fired = firing_counts_F[firing_counts_F > 0].double()
+    low = math.floor(math.log10(1.0 / n_tokens) / HISTOGRAM_BIN_WIDTH) * HISTOGRAM_BIN_WIDTH
+    n_bins = round(-low / HISTOGRAM_BIN_WIDTH)
+    edges = [low + i * HISTOGRAM_BIN_WIDTH for i in range(n_bins + 1)]
+    log_rate = torch.log10(fired / n_tokens)
+    index = ((log_rate - low) / HISTOGRAM_BIN_WIDTH).floor().long().clamp(0, n_bins - 1)  # rate 1 -> last bin
+    counts = torch.bincount(index, minlength=n_bins)
+    return {"bin_edges": edges, "counts": counts.tolist(), "dead": int((firing_counts_F == 0).sum()), "n_tokens": n_tokens}
 
 
-@torch.no_grad()
-def lm_metrics(
-    model: "TransformerBridge",
-    sae: "SAE",
-    hook_in: str,
-    hook_out: str,
-    contexts_NT: torch.Tensor,
-    keep_fn: Callable[[torch.Tensor], torch.Tensor],
-    batch_contexts: int = 8,
-) -> dict[str, float]:
-    """Clean, spliced and zero-ablated next-token CE, CE recovered, delta LM loss and KL."""
-    from saes.sae.compat import check_sae_fits
+def position_summary(contexts_NT: torch.Tensor, keep_fn: Callable[[torch.Tensor], torch.Tensor],
+                     excluded_tokens: list[str]) -> dict[str, Any]:
+    """Which token positions the metrics leave out, for the report: counts and token strings."""
+    keep_NT = keep_fn(contexts_NT)
+    return {
+        "positions": contexts_NT.numel(),
+        "excluded_positions": int((~keep_NT).sum()),
+        "excluded_tokens": excluded_tokens,
+        "padding_positions": 0,  # contexts are packed from one token stream: no padding
+    }
 
-    check_sae_fits(sae, model.cfg, hook_in, hook_out)  # before any forward
-    device = next(model.parameters()).device
-    sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl": 0.0}
-    count = 0
+
+@dataclass(frozen=True)
+class Splice:
+    """An SAE spliced into the model: encodes ``hook_in``, replaces ``hook_out`` (the same hook
+    for an SAE, a downstream one for a transcoder)."""
+
+    sae: "SAE"
+    hook_in: str
+    hook_out: str
+
+
+def _next_token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor, keep_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ce_P, logprobs_PV)`` at the P kept positions that have a next token."""
+    mask_BT = keep_BT[:, :-1]
+    logprobs_PV = logits_BTV[:, :-1][mask_BT].float().log_softmax(-1)
+    ce_P = -logprobs_PV.gather(-1, tokens_BT[:, 1:][mask_BT][:, None]).squeeze(-1)
+    return ce_P, logprobs_PV
+
+
+class LMEvaluator:
+    """Next-token CE and KL metrics of spliced SAEs on a fixed set of held-out contexts.
+
+    The clean and zero-ablated losses do not depend on the SAE: they are computed on the first
+    call and reused. Each call runs one spliced forward per SAE per batch, plus one clean forward
+    per batch for the KL unless ``cache_clean_logprobs`` keeps the clean next-token log-probs
+    (``kept positions x vocab`` floats, e.g. 200 MB for 1,024 tokens of a 49K vocabulary).
+    """
+
+    def __init__(self, model: "TransformerBridge", contexts_NT: torch.Tensor,
+                 keep_fn: Callable[[torch.Tensor], torch.Tensor], batch_contexts: int = 8,
+                 cache_clean_logprobs: bool = False):
+        self.model = model
+        self.contexts_NT = contexts_NT
+        self.keep_fn = keep_fn
+        self.batch_contexts = batch_contexts
+        self.cache_clean_logprobs = cache_clean_logprobs
+        self._clean_ce: list[float] = []  # per batch: summed clean CE
+        self._clean_logprobs: list[torch.Tensor] = []
+        self._zero_ce: dict[str, list[float]] = {}  # per hook: per-batch summed zero-ablation CE
+        self._count = 0
+
+    @torch.no_grad()
+    def __call__(self, splices: Sequence[Splice]) -> list[dict[str, float]]:
+        """Metrics of each splice (see the module docstring), in order."""
+        from saes.sae.compat import check_sae_fits
+
+        for splice in splices:  # before any forward
+            check_sae_fits(splice.sae, self.model.cfg, splice.hook_in, splice.hook_out)
+        device = next(self.model.parameters()).device
+        first = not self._clean_ce
+        spliced = [{"ce": 0.0, "kl": 0.0} for _ in splices]
+        for b, i in enumerate(range(0, self.contexts_NT.shape[0], self.batch_contexts)):
+            tokens_BT = self.contexts_NT[i : i + self.batch_contexts].to(device)
+            keep_BT = self.keep_fn(tokens_BT)
+            if b < len(self._clean_logprobs):
+                clean_lp = self._clean_logprobs[b]
+            else:
+                ce, clean_lp = _next_token_logprobs(self.model(tokens_BT, return_type="logits"), tokens_BT, keep_BT)
+                if first:
+                    self._clean_ce.append(ce.sum().item())
+                    self._count += ce.numel()
+                if self.cache_clean_logprobs:
+                    self._clean_logprobs.append(clean_lp)
+            for hook in {s.hook_out for s in splices}:
+                zero_ce = self._zero_ce.setdefault(hook, [])
+                if len(zero_ce) <= b:
+                    logits = self.model.run_with_hooks(tokens_BT, return_type="logits", fwd_hooks=[(hook, _zero_hook(keep_BT))])
+                    zero_ce.append(_next_token_logprobs(logits, tokens_BT, keep_BT)[0].sum().item())
+            for splice, sums in zip(splices, spliced):
+                logits = self.model.run_with_hooks(tokens_BT, return_type="logits", fwd_hooks=_splice_hooks(splice, keep_BT))
+                ce, lp = _next_token_logprobs(logits, tokens_BT, keep_BT)
+                sums["ce"] += ce.sum().item()
+                sums["kl"] += F.kl_div(lp, clean_lp, log_target=True, reduction="sum").item()
+        ce_clean = sum(self._clean_ce) / self._count
+        results = []
+        for splice, sums in zip(splices, spliced):
+            ce_zero = sum(self._zero_ce[splice.hook_out]) / self._count
+            ce_spliced = sums["ce"] / self._count
+            denom = ce_zero - ce_clean
+            results.append({
+                "ce_clean": ce_clean,
+                "ce_spliced": ce_spliced,
+                "ce_zero": ce_zero,
+                "delta_lm_loss": ce_spliced - ce_clean,
+                "ce_recovered": (ce_zero - ce_spliced) / denom if denom != 0 else float("nan"),
+                "kl": sums["kl"] / self._count,
+                "ce_tokens": self._count,
+            })
+        return results
+
+
+def _zero_hook(keep_BT: torch.Tensor) -> Callable:
+    def zero(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        return torch.where(keep_BT[..., None], torch.zeros_like(act), act)
+
+    return zero
+
+
+def _splice_hooks(splice: Splice, keep_BT: torch.Tensor) -> list[tuple[str, Callable]]:
+    """Hooks replacing ``hook_out`` by the SAE's reconstruction from ``hook_in`` at kept positions."""
     captured: dict[str, torch.Tensor] = {}
+    sae_device = splice.sae.W_dec_FD.device
 
-    def capture(act, hook):
+    def capture(act: torch.Tensor, hook: Any) -> torch.Tensor:
         captured["x"] = act
         return act
 
-    for i in range(0, contexts_NT.shape[0], batch_contexts):
-        tokens = contexts_NT[i : i + batch_contexts].to(device)
-        keep = keep_fn(tokens)
+    def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        x = act if splice.hook_in == splice.hook_out else captured.get("x")
+        if x is None:
+            raise RuntimeError(f"hook {splice.hook_in!r} did not run before {splice.hook_out!r}")
+        y_hat = splice.sae(x.reshape(-1, x.shape[-1]).to(sae_device, torch.float32))
+        y_hat = y_hat.reshape(*act.shape[:-1], -1).to(act.device, act.dtype)
+        return torch.where(keep_BT[..., None], y_hat, act)
 
-        def splice(act, hook):
-            x = captured.get("x", act)
-            y_hat = sae(x.reshape(-1, x.shape[-1]).float()).reshape(act.shape).to(act.dtype)
-            return torch.where(keep[..., None], y_hat, act)
+    hooks = [(splice.hook_out, replace)]
+    return hooks if splice.hook_in == splice.hook_out else [(splice.hook_in, capture), *hooks]
 
-        def zero(act, hook):
-            return torch.where(keep[..., None], torch.zeros_like(act), act)
 
-        clean_logits = model(tokens, return_type="logits")
-        hooks_spliced = [(hook_out, splice)] if hook_in == hook_out else [(hook_in, capture), (hook_out, splice)]
-        spliced_logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks_spliced)
-        zero_logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(hook_out, zero)])
-        ce_clean, lp_clean = _ce_and_logprobs(clean_logits, tokens, keep)
-        ce_spliced, lp_spliced = _ce_and_logprobs(spliced_logits, tokens, keep)
-        ce_zero, _ = _ce_and_logprobs(zero_logits, tokens, keep)
-        sums["ce_clean"] += ce_clean.sum().item()
-        sums["ce_spliced"] += ce_spliced.sum().item()
-        sums["ce_zero"] += ce_zero.sum().item()
-        sums["kl"] += F.kl_div(lp_spliced, lp_clean, log_target=True, reduction="sum").item()
-        count += ce_clean.numel()
-    out = {name: value / count for name, value in sums.items()}
-    out["delta_lm_loss"] = out["ce_spliced"] - out["ce_clean"]
-    denom = out["ce_zero"] - out["ce_clean"]
-    out["ce_recovered"] = (out["ce_zero"] - out["ce_spliced"]) / denom if denom != 0 else float("nan")
-    out["ce_tokens"] = count
-    return out
+def lm_metrics(model: "TransformerBridge", sae: "SAE", hook_in: str, hook_out: str, contexts_NT: torch.Tensor,
+               keep_fn: Callable[[torch.Tensor], torch.Tensor], batch_contexts: int = 8) -> dict[str, float]:
+    """Clean, spliced and zero-ablated next-token CE, CE recovered, delta LM loss and KL of one SAE."""
+    return LMEvaluator(model, contexts_NT, keep_fn, batch_contexts)([Splice(sae, hook_in, hook_out)])[0]
+
+
+def evaluate(sae: "SAE", x_ND: torch.Tensor, y_ND: torch.Tensor, lm: dict[str, float] | None = None) -> dict[str, Any]:
+    """Every held-out metric of one SAE: reconstruction metrics, the feature density histogram
+    (key ``density_histogram``), per-latent log10 densities (``log10_density``, a tensor) and the
+    LM metrics ``lm`` when given."""
+    recon = reconstruction_metrics(sae, x_ND, y_ND)
+    counts = recon.pop("firing_counts")
+    return {**recon, **(lm or {}), "density_histogram": density_histogram(counts, x_ND.shape[0]),
+            "log10_density": log10_density(counts, x_ND.shape[0])}

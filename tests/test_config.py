@@ -4,6 +4,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
 from saes.config import register_configs
+from saes.errors import ConfigError
+from saes.training.plan import plan_members
 
 from .conftest import REPO
 
@@ -18,7 +20,7 @@ def _compose(overrides):
 def test_outer_settings_are_defaults_of_inner_ones():
     cfg = _compose(["device=cpu", "dtype=bfloat16", "layer=7"])
     assert (cfg.model.device, cfg.model.dtype) == ("cpu", "bfloat16")
-    assert cfg.site.hook_in == "blocks.7.hook_resid_post"
+    assert [m.hook_in for m in plan_members(cfg)] == ["blocks.7.hook_resid_post"]
     cfg = _compose(["device=cpu", "model.device=cuda:1"])
     assert cfg.model.device == "cuda:1"
 
@@ -27,7 +29,7 @@ def test_every_model_config_composes_with_its_hook_convention():
     for name, layers in [("gpt2", 12), ("pythia_160m", 12), ("gemma2_2b", 26), ("llama31_8b", 32), ("smollm2_135m", 30)]:
         cfg = _compose([f"model={name}", "site=mlp_out", "layer=2"])
         assert cfg.model.n_layers == layers
-        assert cfg.site.hook_in == "blocks.2.hook_mlp_out"
+        assert [m.hook_in for m in plan_members(cfg)] == ["blocks.2.hook_mlp_out"]
 
 
 def test_misspelled_key_and_unknown_group_option_fail_by_name():
@@ -37,5 +39,5 @@ def test_misspelled_key_and_unknown_group_option_fail_by_name():
         _compose(["optimizer.lrr=0.1"])
     with pytest.raises(ConfigCompositionException, match="llama99"):
         _compose(["model=llama99"])
-    with pytest.raises(Exception, match="layer"):
-        _compose(["layer=three"])
+    with pytest.raises(ConfigError, match="layer='three'"):
+        plan_members(_compose(["layer=three"]))

@@ -170,7 +170,7 @@ def test_every_variant_trains_from_the_cli_and_its_checkpoint_takes_raw_activati
 
 
 def test_transcoder_with_intermediate_checkpoints(tmp_path, smollm, heldout_text):
-    proc = _train(tmp_path, "site=mlp_transcoder", "sae=topk", "training.checkpoint_every=6144", *SMALL)
+    proc = _train(tmp_path, "site=mlp_transcoder", "sae=topk", "training.save_every=6144", *SMALL)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     checkpoints = sorted((tmp_path / "checkpoints").iterdir(), key=lambda p: int(p.name))

@@ -14,7 +14,7 @@ Two servers are supported, always launched as a separate program (never imported
 ``$SAES_MONGO_SERVER`` (``secantus`` | ``nx`` | ``auto``) picks one. Files under the data dir:
 ``server.json`` (pid, port, uri), ``server.log``, ``server.lock``, and one storage folder per server.
 
-Command line: ``python -m saes.store.local_server start|stop|status [DATA_DIR]``.
+Command line: ``python -m saes.store start|stop|status [DATA_DIR]``.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def _locked(data_dir: Path) -> Iterator[None]:
 def _read_state(data_dir: Path) -> dict[str, Any] | None:
     path = data_dir / STATE_FILE
     try:
-        state = json.loads(path.read_text())
+        state: dict[str, Any] = json.loads(path.read_text())
         int(state["pid"]), int(state["port"]), str(state["uri"]), str(state["storage"])
         return state
     except FileNotFoundError:
@@ -363,10 +363,10 @@ def _terminate(pid: int, timeout_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m saes.store.local_server start|stop|status [DATA_DIR]``."""
+    """``python -m saes.store start|stop|status [DATA_DIR]`` (prints the URI / what it did)."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in ("start", "stop", "status"):
-        print(__doc__.strip().splitlines()[0] + "\nusage: python -m saes.store.local_server start|stop|status [DATA_DIR]")
+        print(__doc__.strip().splitlines()[0] + "\nusage: python -m saes.store start|stop|status [DATA_DIR]")
         return 2
     data_dir = Path(args[1]) if len(args) > 1 else None
     if args[0] == "start":
@@ -378,7 +378,3 @@ def main(argv: list[str] | None = None) -> int:
         print(found or "not running")
         return 0 if found else 1
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,7 +22,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from numbers import Real
 from typing import Any
 
@@ -51,7 +51,7 @@ JOURNALED = WriteConcern(w=1, j=True)
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_analysis_id() -> str:
@@ -172,7 +172,10 @@ def gc_orphans(
     keep = set(keep)
     cutoff = _now() - timedelta(seconds=stale_after_s)
     candidates = list(analyses.find({**scope, "status": {"$in": [FAILED, SUPERSEDED]}, "cleaned": {"$ne": True}}))
-    candidates += list(analyses.find({**scope, "status": WRITING, "heartbeat_at": {"$lt": cutoff}}))
+    # Staleness is judged here, not in the query: a handful of documents, and datetime comparison
+    # operators are not reliable on every wire-protocol server (nx-27017 gets them wrong).
+    writing = analyses.find({**scope, "status": WRITING}, {"columns": 0})
+    candidates += [a for a in writing if _as_utc(a.get("heartbeat_at")) < cutoff]
     deleted = 0
     for analysis in candidates:
         aid = analysis["_id"]
@@ -196,6 +199,19 @@ def delete_dictionary(db: Database[Document], dictionary_id: str) -> int:
     deleted = db[FEATURES].delete_many({"dictionary_id": dictionary_id}).deleted_count
     db[ANALYSES].delete_many({"dictionary_id": dictionary_id})
     return deleted
+
+
+def _as_utc(value: Any) -> datetime:
+    """A stored timestamp as an aware UTC datetime (naive ones are UTC); missing = the epoch.
+    nx-27017 0.8.1 stores a datetime given to ``$set`` as an ISO string: parse those too."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, datetime):
+        return datetime.fromtimestamp(0, UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _feature_doc(feature: Mapping[str, Any], dictionary_id: str, aid: str) -> Document:
@@ -241,7 +257,8 @@ def _abandon(db: Database[Document], dictionary_id: str, aid: str, error: BaseEx
     """Best effort after a failed write: mark the analysis failed and delete its partial documents."""
     try:
         db[ANALYSES].update_one(
-            {"_id": aid}, {"$set": {"status": FAILED, "error": f"{type(error).__name__}: {error}"[:2000], "finished_at": _now()}}
+            {"_id": aid},
+            {"$set": {"status": FAILED, "error": f"{type(error).__name__}: {error}"[:2000], "finished_at": _now()}},
         )
         db[FEATURES].delete_many({"dictionary_id": dictionary_id, "analysis_id": aid})
         db[ANALYSES].update_one({"_id": aid}, {"$set": {"cleaned": True}})

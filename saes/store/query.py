@@ -57,7 +57,9 @@ def get_feature(
     """One feature of the active analysis, or None."""
 
     def read(aid: str) -> Document | None:
-        return db[FEATURES].find_one({"dictionary_id": dictionary_id, "analysis_id": aid, "index": int(index)}, projection)
+        return db[FEATURES].find_one(
+            {"dictionary_id": dictionary_id, "analysis_id": aid, "index": int(index)}, projection
+        )
 
     return _read_active(db, dictionary_id, read, None)
 
@@ -75,11 +77,15 @@ def get_features(
 
 
 def count_features(db: Database[Document], dictionary_id: str) -> int:
-    """The number of features in the active analysis (0 if none)."""
+    """The number of features in the active analysis (0 if none). Read from the analysis record
+    (written at publish), not counted: counting 16k documents takes ~0.7 s on the local server."""
     aid = active_analysis_id(db, dictionary_id)
     if aid is None:
         return 0
-    return db[FEATURES].count_documents({"dictionary_id": dictionary_id, "analysis_id": aid})
+    doc = db[ANALYSES].find_one({"_id": aid}, {"n_features": 1})
+    if doc is None or "n_features" not in doc:
+        return db[FEATURES].count_documents({"dictionary_id": dictionary_id, "analysis_id": aid})
+    return int(doc["n_features"])
 
 
 def feature_columns(db: Database[Document], dictionary_id: str) -> dict[str, np.ndarray] | None:

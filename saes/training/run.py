@@ -1,57 +1,65 @@
-"""A whole training run: model -> activations -> SAE steps -> evaluation -> checkpoint.
+"""A whole training run: model -> activations -> SAE steps -> evaluation -> checkpoints.
 
-Writes into ``run_dir``: ``sae/`` (SAELens v6 format, normalization folded in),
-``metrics.jsonl`` (periodic training and evaluation records), ``metrics.json`` (final
-evaluation and throughput) and ``config.yaml`` (the resolved config). Ctrl-C or SIGTERM saves a
-loadable checkpoint of the SAE as trained so far before exiting.
+One run trains every SAE of its plan (``saes.training.plan``) from one model forward per batch.
+Each SAE's folder (the run folder itself when there is one SAE) gets ``sae/`` (SAELens v6,
+normalization folded in), ``metrics.jsonl``, ``metrics.json`` and its own W&B run. The run folder
+gets ``config.yaml`` and, while training, ``checkpoint/state.pt`` (every
+``training.checkpoint_every`` tokens and on Ctrl-C, SIGTERM, SIGUSR1 or SIGUSR2). Re-running the same
+command resumes from that checkpoint; a finished run is not trained again.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from saes.activations import ActivationSource, HookError, ShuffleBuffer
+from saes.activations import ActivationSource, HookError
 from saes.data import load_corpus
 from saes.errors import ConfigError
-from saes.evaluation import lm_metrics, log10_density, reconstruction_metrics
+from saes.evaluation import Splice, position_summary
+from saes.layers import parse_layers
 from saes.models import load_model, resolve_device
 from saes.sae.formats import save_sae
 from saes.sae.registry import build
+from saes.training.checkpoint import load_state, remove_state, save_state
+from saes.training.evals import eval_record, evaluate_saes, lm_evaluator, periodic_lm_evaluator
 from saes.training.metrics_log import MetricsLog
+from saes.training.plan import MemberSpec, plan_members
 from saes.training.schedules import SCHEDULES
+from saes.training.stream import TrainingStream
 from saes.training.trainer import AUTOCAST_DTYPES, B_DEC_INITS, SAETrainer
 
 SAE_DIR = "sae"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)  # SLURM pre-timeout: USR1 (sbatch --signal), USR2 (submitit)
 
 
-class Interrupted(Exception):
-    """Raised by the SIGTERM handler so the loop saves before exiting."""
+@dataclass
+class Member:
+    """One SAE being trained, with its folder and log."""
+
+    spec: MemberSpec
+    dir: Path
+    trainer: SAETrainer
+    log: MetricsLog | None = None
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted(f"signal {signal.Signals(signum).name}")
-
-
-def hook_names(cfg: DictConfig) -> tuple[str, str]:
-    """``(hook_in, hook_out)`` of the configured site."""
-    return cfg.site.hook_in, cfg.site.hook_out or cfg.site.hook_in
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Fail before loading anything on settings that cannot work, naming the key."""
-    if not 0 <= cfg.layer < cfg.model.n_layers:
-        raise HookError(f"layer={cfg.layer} is out of range: {cfg.model.name} has {cfg.model.n_layers} layers (0-{cfg.model.n_layers - 1})")
-    with torch.device("meta"):  # checks the variant's options without allocating weights
-        build(OmegaConf.to_container(cfg.sae, resolve=True), d_in=cfg.model.d_model)
+def validate_config(cfg: DictConfig) -> list[MemberSpec]:
+    """Fail before loading anything on settings that cannot work, naming the key; returns the plan."""
+    for layer in parse_layers(cfg.layer):
+        if not 0 <= layer < cfg.model.n_layers:
+            raise HookError(f"layer={cfg.layer} is out of range: {cfg.model.name} has {cfg.model.n_layers} layers (0-{cfg.model.n_layers - 1})")
+    members = plan_members(cfg)
+    for spec in members:
+        with torch.device("meta"):  # checks the variant's options without allocating weights
+            build(spec.sae_options, d_in=cfg.model.d_model)
     if cfg.optimizer.schedule not in SCHEDULES:
         raise ConfigError(f"optimizer.schedule={cfg.optimizer.schedule!r} is unknown; use one of {SCHEDULES}")
     if cfg.training.b_dec_init not in B_DEC_INITS:
@@ -63,15 +71,18 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("tokens", "training.batch_size", "activations.batch_contexts"):
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be positive")
+    return members
 
 
-def checkpoint_metadata(cfg: DictConfig, trainer: SAETrainer, status: str) -> dict[str, Any]:
+def checkpoint_metadata(cfg: DictConfig, spec: MemberSpec, trainer: SAETrainer, status: str) -> dict[str, Any]:
     """SAELens ``metadata`` plus what saes needs to evaluate/analyze the SAE later."""
-    hook_in, hook_out = hook_names(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["layer"], config["site"] = spec.layer, {"hook_in": spec.hook_in, "hook_out": spec.hook_out}
+    config["sae"] = spec.sae_options
     return {
         "model_name": cfg.model.source,
-        "hook_name": hook_in,
-        "hook_name_out": hook_out,
+        "hook_name": spec.hook_in,
+        "hook_name_out": spec.hook_out,
         "hook_head_index": None,
         "context_size": cfg.data.context_size,
         "prepend_bos": True,
@@ -80,121 +91,212 @@ def checkpoint_metadata(cfg: DictConfig, trainer: SAETrainer, status: str) -> di
         "training_tokens": trainer.tokens,
         "activation_scale_folded": trainer.scale_in,
         "status": status,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
     }
 
 
-def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train the configured SAE; returns the final metrics (also written to metrics.json)."""
+def finished_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]] | None:
+    """Final metrics of every SAE if this run folder already finished, else None."""
+    found = {}
+    for spec in plan_members(cfg):
+        path = run_dir / spec.name / "metrics.json"
+        if not path.exists() or json.loads(path.read_text()).get("status") != "finished":
+            return None
+        found[spec.name] = json.loads(path.read_text())
+    return found
+
+
+def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str, dict[str, Any]]:
+    """Train the configured SAEs; returns ``{member name: final metrics}``."""
     wall_start = time.perf_counter()
-    validate_config(cfg)
+    specs = validate_config(cfg)
+    if cfg.resume and (done := finished_metrics(cfg, run_dir)) is not None:
+        print(f"{run_dir} already finished (resume=false trains it again)")
+        return done
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    hook_in, hook_out = hook_names(cfg)
 
     model = load_model(cfg.model.source, device=cfg.model.device, dtype=cfg.model.dtype)
     corpus = load_corpus(cfg.data, model.tokenizer, cfg.model.bos_token)
     excluded = corpus.special_ids() if cfg.data.exclude_special else None
-    source = ActivationSource(model, [hook_in, hook_out], excluded, device=device)
+    hooks = list(dict.fromkeys(h for s in specs for h in (s.hook_in, s.hook_out)))
+    source = ActivationSource(model, hooks, excluded, device=device)
 
     heldout = corpus.heldout_contexts(cfg.training.eval_tokens)
     held = _concat(source.stream(iter(heldout), cfg.activations.batch_contexts))
-    held_x, held_y = held[hook_in], held[hook_out]
-
-    contexts = (context for _, context in corpus.train_contexts())
-    forwards = _until_rows(source.stream(contexts, cfg.activations.batch_contexts), cfg.tokens)
-    batches = ShuffleBuffer(min(cfg.activations.buffer_tokens, cfg.tokens), generator).batches(
-        forwards, cfg.training.batch_size
-    )
+    stream = TrainingStream(corpus, source, cfg.activations.batch_contexts, min(cfg.activations.buffer_tokens, cfg.tokens),
+                            cfg.training.batch_size, cfg.tokens, cfg.seed)
+    members = [Member(s, run_dir / s.name, SAETrainer(build(s.sae_options, held[s.hook_in].shape[1], _d_out(s, held)).to(device),
+                                                        cfg.optimizer, cfg.training, cfg.tokens)) for s in specs]
+    state = load_state(run_dir) if cfg.resume else None
     start = time.perf_counter()  # throughput counts every training forward, buffer fill included
-    first = list(itertools.islice(batches, max(1, cfg.training.norm_estimate_tokens // cfg.training.batch_size)))
-    sample = _concat(iter(first))
+    if state is not None:
+        stream.load_state_dict(state["stream"])
+        for m in members:
+            m.trainer.load_state_dict(state["members"][m.spec.name])
+        print(f"resuming {run_dir} at {members[0].trainer.tokens:,} tokens")
+    else:
+        sample = stream.peek(cfg.training.norm_estimate_tokens, cfg.seed)
+        for m in members:
+            x, y = sample[m.spec.hook_in], sample[m.spec.hook_out]
+            m.trainer.initialize_from_data(x, x if m.spec.hook_out == m.spec.hook_in else y, torch.Generator().manual_seed(cfg.seed))
+    for m in members:
+        m.log = MetricsLog(m.dir, cfg.logger, _wandb_name(cfg, m.spec), _flat(checkpoint_metadata(cfg, m.spec, m.trainer, "training")["config"]),
+                           group=group or f"{cfg.model.name}_{cfg.sae.architecture}/{run_dir.name}", tags=_tags(cfg, m.spec),
+                           wandb_id=(state or {}).get("wandb_ids", {}).get(m.spec.name),
+                           resume_step=m.trainer.step_count if state is not None else None)
 
-    d_out = held_y.shape[1] if hook_out != hook_in else None  # a transcoder when the hooks differ
-    sae = build(OmegaConf.to_container(cfg.sae, resolve=True), d_in=held_x.shape[1], d_out=d_out).to(device)
-    trainer = SAETrainer(sae, cfg.optimizer, cfg.training, cfg.tokens)
-    trainer.initialize_from_data(sample[hook_in], sample[hook_out] if hook_out != hook_in else sample[hook_in], generator)
+    periodic_lm = periodic_lm_evaluator(cfg, model, heldout, source.keep_mask)
+    status = _train_loop(cfg, stream, members, held, run_dir, periodic_lm)
+    train_seconds = time.perf_counter() - start
+    final = _final_evals(cfg, members, status, held, heldout, model, source, periodic_lm)
+    results = {m.spec.name: _finish_member(cfg, m, status, *ev, source, train_seconds, wall_start) for m, ev in zip(members, final)}
+    if status == "finished":
+        remove_state(run_dir)
+    else:
+        raise SystemExit(130 if status == "interrupted" else 143)
+    return results
 
-    name = f"{cfg.model.name}/{hook_in}/{cfg.sae.architecture}"
-    log = MetricsLog(run_dir, cfg.logger, name, _flat(OmegaConf.to_container(cfg, resolve=True)))
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+
+def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], held: dict, run_dir: Path, periodic_lm) -> str:
+    """Step every SAE on every batch until the token budget; returns the run status."""
+    stop: dict[str, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["signal"] = signum
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    lead = members[0].trainer
+    next_eval = _next_multiple(lead.tokens, cfg.training.eval_every)
+    next_ckpt = _next_multiple(lead.tokens, cfg.training.checkpoint_every)
+    next_save = _next_multiple(lead.tokens, cfg.training.save_every)
     status = "finished"
     try:
-        _loop(cfg, trainer, itertools.chain(first, batches), hook_in, hook_out, log, held_x, held_y, run_dir)
-    except (KeyboardInterrupt, Interrupted) as err:
+        with tqdm(total=cfg.tokens, initial=lead.tokens, unit="tok", unit_scale=True, dynamic_ncols=True,
+                  desc="train", smoothing=0, mininterval=0.5) as bar:
+            while lead.tokens < cfg.tokens and "signal" not in stop:
+                batch = stream.next_batch()
+                if batch is None:
+                    break
+                outs = [m.trainer.step(batch[m.spec.hook_in], batch[m.spec.hook_out]) for m in members]
+                bar.update(next(iter(batch.values())).shape[0])
+                if lead.step_count % cfg.logger.log_every == 0:
+                    for m, out in zip(members, outs):
+                        _log_step(m, out)
+                    if len(members) == 1:
+                        bar.set_postfix(loss=f"{outs[0].loss.item():.3f}", ev=f"{1 - outs[0].losses['fvu']:.3f}",
+                                        l0=f"{outs[0].l0:.1f}", dead=f"{100 * lead.dead_mask().float().mean().item():.1f}%")
+                if next_eval is not None and lead.tokens >= next_eval:
+                    next_eval += cfg.training.eval_every
+                    if lead.tokens < cfg.tokens:  # the final evaluation covers the last step
+                        _log_eval(members, held, periodic_lm)
+                if next_ckpt is not None and lead.tokens >= next_ckpt:
+                    next_ckpt += cfg.training.checkpoint_every
+                    _checkpoint(cfg, stream, members, run_dir, "checkpoint")
+                if next_save is not None and lead.tokens >= next_save:
+                    next_save += cfg.training.save_every
+                    for m in members:  # intermediate SAEs, normalization folded in
+                        save_sae(m.trainer.folded_copy().eval(), m.dir / "checkpoints" / str(m.trainer.tokens),
+                                 checkpoint_metadata(cfg, m.spec, m.trainer, "intermediate"))
+    except KeyboardInterrupt:
         status = "interrupted"
-        print(f"\n{type(err).__name__}: saving the SAE trained on {trainer.tokens} tokens to {run_dir / SAE_DIR}")
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    train_seconds = time.perf_counter() - start
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if "signal" in stop:
+        status = "preempted"
+    if status != "finished":
+        print(f"\n{status}: saving a resumable checkpoint at {lead.tokens:,} tokens in {run_dir}")
+        _checkpoint(cfg, stream, members, run_dir, status)
+        if "signal" in stop and callable(previous.get(stop["signal"])):
+            previous[stop["signal"]](stop["signal"], None)  # e.g. submitit's handler: requeue the job
+    return status
 
-    folded = trainer.folded_copy().eval()
-    recon = reconstruction_metrics(folded, held_x, held_y)
-    counts = recon.pop("firing_counts")
-    save_sae(folded, run_dir / SAE_DIR, checkpoint_metadata(cfg, trainer, status), log10_density(counts, held_x.shape[0]))
+
+def _checkpoint(cfg: DictConfig, stream: TrainingStream, members: list[Member], run_dir: Path, status: str) -> None:
+    """Resumable state for the run plus a loadable, folded ``sae/`` for every SAE."""
+    save_state(run_dir, {
+        "stream": stream.state_dict(),
+        "members": {m.spec.name: m.trainer.state_dict() for m in members},
+        "wandb_ids": {m.spec.name: m.log.wandb_id for m in members if m.log is not None},
+    })
+    for m in members:
+        save_sae(m.trainer.folded_copy().eval(), m.dir / SAE_DIR, checkpoint_metadata(cfg, m.spec, m.trainer, status))
+
+
+def _log_step(m: Member, out: Any) -> None:
+    record = {"train/ev": 1 - out.losses["fvu"], "train/l0": out.l0, "train/dead": m.trainer.dead_mask().float().mean().item(),
+              "train/loss": out.loss.item(), "train/lr": m.trainer.optimizer.param_groups[0]["lr"],
+              "train/tokens": m.trainer.tokens, **{f"train/{k}": v for k, v in out.losses.items()}}
+    m.log.log(record, step=m.trainer.step_count)
+
+
+def _splices(members: list[Member]) -> list[Splice]:
+    return [Splice(m.trainer.folded_copy().eval(), m.spec.hook_in, m.spec.hook_out) for m in members]
+
+
+def _log_eval(members: list[Member], held: dict, lm) -> None:
+    for m, metrics in zip(members, evaluate_saes(_splices(members), held, lm)):
+        m.log.log(eval_record(metrics), step=m.trainer.step_count)
+
+
+def _final_evals(cfg, members: list[Member], status: str, held: dict, heldout: torch.Tensor, model,
+                 source: ActivationSource, periodic_lm) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Per SAE: the final held-out metrics (LM metrics only for a finished run) and the last
+    ``eval/*`` record, whose LM metrics come from the periodic contexts like the earlier ones."""
+    ce_tokens = cfg.training.ce_tokens if status == "finished" else 0
+    lm = lm_evaluator(model, heldout, source.keep_mask, ce_tokens, cfg.data.context_size, periodic=False)
+    excluded = source.excluded_ids.tolist() if source.excluded_ids is not None else []
+    positions = position_summary(heldout, source.keep_mask, model.tokenizer.convert_ids_to_tokens(excluded))
+    splices = _splices(members)
+    finals = evaluate_saes(splices, held, lm)
+    last_lm = periodic_lm(splices) if periodic_lm is not None and status == "finished" else [{} for _ in splices]
+    return [({**final, "positions": positions}, eval_record({**final, **extra})) for final, extra in zip(finals, last_lm)]
+
+
+def _finish_member(cfg, m: Member, status: str, evaluation: dict[str, Any], record: dict[str, Any],
+                   source: ActivationSource, train_seconds: float, wall_start: float) -> dict[str, Any]:
+    """The folded checkpoint, the last evaluation record and metrics.json of one SAE."""
+    folded = m.trainer.folded_copy().eval()
+    evaluation = dict(evaluation)
+    save_sae(folded, m.dir / SAE_DIR, checkpoint_metadata(cfg, m.spec, m.trainer, status), evaluation.pop("log10_density"))
+    m.log.log(record, step=m.trainer.step_count)
     metrics: dict[str, Any] = {
         "status": status,
-        "train_tokens": trainer.tokens,
+        "train_tokens": m.trainer.tokens,
         "train_seconds": train_seconds,
-        "train_tokens_per_second": trainer.tokens / max(train_seconds, 1e-9),
+        "train_tokens_per_second": m.trainer.tokens / max(train_seconds, 1e-9),
         "model_forwards": source.forwards,
-        **recon,
+        **evaluation,
     }
-    if status == "finished" and cfg.training.ce_tokens > 0:
-        ce_contexts = heldout[: max(1, cfg.training.ce_tokens // cfg.data.context_size)]
-        metrics.update(lm_metrics(model, folded, hook_in, hook_out, ce_contexts, source.keep_mask))
     metrics["wall_seconds"] = time.perf_counter() - wall_start
-    log.log({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=trainer.step_count)
-    log.close(metrics)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if status == "interrupted":
-        raise SystemExit(130)
+    m.log.log({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=m.trainer.step_count)
+    m.log.close(metrics)
+    (m.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def _loop(cfg, trainer: SAETrainer, batches: Iterator, hook_in: str, hook_out: str, log: MetricsLog, held_x, held_y,
-          run_dir: Path) -> None:
-    next_eval = cfg.training.eval_every or None
-    next_checkpoint = cfg.training.checkpoint_every or None
-    with tqdm(total=cfg.tokens, unit="tok", unit_scale=True, dynamic_ncols=True, desc="train", smoothing=0, mininterval=0.5) as bar:
-        for batch in batches:
-            if trainer.tokens >= cfg.tokens:
-                break
-            x = batch[hook_in]
-            out = trainer.step(x, x if hook_out == hook_in else batch[hook_out])
-            bar.update(x.shape[0])
-            if trainer.step_count % cfg.logger.log_every == 0:
-                dead = trainer.dead_mask().float().mean().item()
-                record = {"train/ev": 1 - out.losses["fvu"], "train/l0": out.l0, "train/dead": dead,
-                          "train/loss": out.loss.item(), "train/lr": trainer.optimizer.param_groups[0]["lr"],
-                          "train/tokens": trainer.tokens, **{f"train/{k}": v for k, v in out.losses.items()}}
-                log.log(record, step=trainer.step_count)
-                bar.set_postfix(loss=f"{record['train/loss']:.3f}", ev=f"{record['train/ev']:.3f}", l0=f"{out.l0:.1f}", dead=f"{100 * dead:.1f}%")
-            if next_eval is not None and trainer.tokens >= next_eval:
-                next_eval += cfg.training.eval_every
-                recon = reconstruction_metrics(trainer.folded_copy().eval(), held_x, held_y)
-                recon.pop("firing_counts")
-                log.log({f"eval/{k}": v for k, v in recon.items()}, step=trainer.step_count)
-            if next_checkpoint is not None and trainer.tokens >= next_checkpoint:
-                next_checkpoint += cfg.training.checkpoint_every
-                save_sae(trainer.folded_copy(), run_dir / "checkpoints" / str(trainer.tokens),
-                         checkpoint_metadata(cfg, trainer, "intermediate"))
+def _d_out(spec: MemberSpec, held: dict[str, torch.Tensor]) -> int | None:
+    """The reconstructed width for a transcoder (hooks differ), None for an SAE."""
+    return held[spec.hook_out].shape[1] if spec.hook_out != spec.hook_in else None
 
 
-def _until_rows(stream: Iterator[dict[str, torch.Tensor]], rows: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Pass activation batches through until ``rows`` rows have been produced (no wasted forwards)."""
-    produced = 0
-    for batch in stream:
-        yield batch
-        produced += next(iter(batch.values())).shape[0]
-        if produced >= rows:
-            return
+def _next_multiple(tokens: int, every: int) -> int | None:
+    return (tokens // every + 1) * every if every else None
 
 
-def _concat(batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def _wandb_name(cfg: DictConfig, spec: MemberSpec) -> str:
+    extra = "".join(f"_{k}{v}" for k, v in spec.sae_options.items() if isinstance(OmegaConf.select(cfg, f"sae.{k}"), list))
+    return f"{cfg.model.name}/{spec.hook_in}/{spec.sae_options['architecture']}{extra}"
+
+
+def _tags(cfg: DictConfig, spec: MemberSpec) -> list[str]:
+    return [cfg.model.name, spec.hook_in, spec.sae_options["architecture"], f"layer{spec.layer}"]
+
+
+def _concat(batches) -> dict[str, torch.Tensor]:
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in batches:
         for name, tensor in batch.items():

@@ -118,6 +118,25 @@ class SAETrainer:
             raise ConfigError(f"training.autocast={name!r} is unknown; use one of {sorted(AUTOCAST_DTYPES)} or null")
         return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly (weights unfolded)."""
+        return {
+            "sae": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step_count": self.step_count,
+            "tokens": self.tokens,
+            "scale_in": self.scale_in,
+            "scale_out": self.scale_out,
+            "tokens_since_fired_F": self.tokens_since_fired_F,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count, self.tokens = state["step_count"], state["tokens"]
+        self.scale_in, self.scale_out = state["scale_in"], state["scale_out"]
+        self.tokens_since_fired_F = state["tokens_since_fired_F"].to(self.tokens_since_fired_F.device)
+
     def folded_copy(self) -> SAE:
         """The SAE in inference form (BatchTopK -> JumpReLU, ...) as a copy with the
         normalization folded in (takes raw activations)."""
