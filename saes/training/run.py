@@ -262,7 +262,6 @@ def _finish_member(cfg, m: Member, status: str, evaluation: dict[str, Any], reco
     folded = m.trainer.folded_copy().eval()
     evaluation = dict(evaluation)
     save_sae(folded, m.dir / SAE_DIR, checkpoint_metadata(cfg, m.spec, m.trainer, status), evaluation.pop("log10_density"))
-    m.log.log(record, step=m.trainer.step_count)
     metrics: dict[str, Any] = {
         "status": status,
         "train_tokens": m.trainer.tokens,
@@ -272,7 +271,8 @@ def _finish_member(cfg, m: Member, status: str, evaluation: dict[str, Any], reco
         **evaluation,
     }
     metrics["wall_seconds"] = time.perf_counter() - wall_start
-    m.log.log({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=m.trainer.step_count)
+    final = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    m.log.log({**record, **final}, step=m.trainer.step_count)  # one record per step
     m.log.close(metrics)
     (m.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
