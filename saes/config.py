@@ -148,8 +148,14 @@ class TrainingConfig:
     periodic_ce_tokens: int = 1_024
     """Held-out tokens for the LM-loss metrics of the periodic evaluations (0: reconstruction
     metrics only); their clean next-token log-probs stay in memory (tokens x vocab floats)."""
+    autocast: Optional[str] = None
+    """Mixed precision for SAE steps: ``bfloat16`` or ``float16`` autocast (weights and Adam stay
+    float32); null: plain float32."""
     checkpoint_every: int = 1_000_000
     """Save a resumable checkpoint every this many training tokens (0: only on signals/Ctrl-C)."""
+    save_every: int = 0
+    """Also save the SAE (normalization folded in) to ``checkpoints/<tokens>/`` every this many
+    training tokens (0: only the final ``sae/``)."""
 
 
 @dataclass

@@ -43,6 +43,11 @@ HISTOGRAM_BIN_WIDTH = 0.5
 def reconstruction_metrics(sae: "SAE", x_ND: torch.Tensor, y_ND: torch.Tensor, batch_size: int = 4096) -> dict[str, Any]:
     """Explained variance, MSE, L0, dead/dense fractions, and per-latent firing counts ``[F]``
     (key ``firing_counts``, a tensor) of ``sae`` on inputs ``x_ND`` with targets ``y_ND``."""
+    if x_ND.shape[1] != sae.d_in or y_ND.shape[1] != sae.d_out:
+        from saes.sae.compat import SAEMismatchError
+
+        raise SAEMismatchError(f"the SAE maps d_in={sae.d_in} -> d_out={sae.d_out} but the activations have widths "
+                               f"{x_ND.shape[1]} -> {y_ND.shape[1]}")
     n, d_out = y_ND.shape
     mean_D = y_ND.sum(0, dtype=torch.float64) / n
     sq_err = total_var = l0_sum = 0.0
@@ -145,6 +150,10 @@ class LMEvaluator:
     @torch.no_grad()
     def __call__(self, splices: Sequence[Splice]) -> list[dict[str, float]]:
         """Metrics of each splice (see the module docstring), in order."""
+        from saes.sae.compat import check_sae_fits
+
+        for splice in splices:  # before any forward
+            check_sae_fits(splice.sae, self.model.cfg, splice.hook_in, splice.hook_out)
         device = next(self.model.parameters()).device
         first = not self._clean_ce
         spliced = [{"ce": 0.0, "kl": 0.0} for _ in splices]

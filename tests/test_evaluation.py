@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -78,6 +79,7 @@ class _ToyLM:
 
     E = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]])
     U = torch.tensor([[1.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    cfg = SimpleNamespace(model_name="toy", d_model=2)  # hook "h" has no known width: not checked
 
     def __init__(self):
         self.forwards = 0

@@ -98,9 +98,99 @@ def test_ctrl_c_saves_a_loadable_checkpoint(tmp_path):
     "override, message",
     [("layer=40", "smollm2-135m has 30 layers"),
      ("site.hook_in=blocks.3.hook_resid_pots", "closest valid names"),
-     ("sae.architecture=relu2", "registered: ['topk'")],
+     ("sae.architecture=relu2", "registered: ['batchtopk', 'gated', 'jumprelu', 'matryoshka_batchtopk', 'relu', 'topk']"),
+     ("sae=relu +sae.k=32", "sae.k is not an option of sae=relu"),
+     ("training.autocast=fp8", "training.autocast='fp8' is unknown")],
 )
 def test_bad_cli_input_fails_with_a_clear_message(tmp_path, override, message):
-    proc = _train(tmp_path, override, "logger=none")
+    proc = _train(tmp_path, *override.split(), "logger=none")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0 and message in out, out
+
+
+VARIANTS = ["relu", "batchtopk", "jumprelu", "gated", "matryoshka_batchtopk"]  # topk: trained_run above
+SMALL = ["tokens=12288", "training.batch_size=256", "sae.d_sae=1024", "activations.buffer_tokens=8192",
+         "training.eval_tokens=4096", "data.holdout_tokens=4096", "training.ce_tokens=256", "training.norm_estimate_tokens=4096",
+         "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def variant_runs(tmp_path_factory) -> Path:
+    """One Hydra multirun (one process) training every other variant on the real model."""
+    sweep = tmp_path_factory.mktemp("variants")
+    cmd = [sys.executable, "-m", "saes.train", "-m", f"sae={','.join(VARIANTS)}", f"hydra.sweep.dir={sweep}",
+           "hydra.sweep.subdir=${sae.architecture}", *SMALL]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=_env_without_wandb_key())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def heldout_text():
+    """``(tokens [N, 128], keep mask)`` of held-out documents under SMALL's data split."""
+    from hydra import compose, initialize_config_dir
+
+    from saes.config import register_configs
+    from saes.data import load_corpus
+    from saes.models import load_tokenizer
+
+    register_configs()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["data.holdout_tokens=4096"])
+    corpus = load_corpus(cfg.data, load_tokenizer(cfg.model.source), cfg.model.bos_token)
+    tokens = corpus.heldout_contexts(2048)
+    return tokens, ~torch.isin(tokens, corpus.special_ids())
+
+
+@pytest.fixture(scope="module")
+def heldout_resid(smollm_hf, heldout_text) -> torch.Tensor:
+    """Layer-3 residual activations of held-out text from plain transformers (independent of saes)."""
+    tokens, keep = heldout_text
+    with torch.no_grad():
+        x = smollm_hf(tokens, output_hidden_states=True).hidden_states[4]
+    return x[keep]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_trains_from_the_cli_and_its_checkpoint_takes_raw_activations(variant_runs, heldout_resid, variant):
+    run = variant_runs / variant
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["train_tokens"] >= 12288
+    sae = saes.load(run)
+    expected_type = "jumprelu" if "batchtopk" in variant else variant  # BatchTopK is saved as JumpReLU
+    assert sae.architecture == expected_type and sae.d_sae == 1024 and not sae.is_transcoder
+    x = heldout_resid
+    with torch.no_grad():
+        acts = sae.encode(x)
+        ev = 1 - ((sae.decode(acts) - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert ev > 0.3  # far from the mean predictor: the normalization scale is folded in
+    assert metrics["explained_variance"] == pytest.approx(ev.item(), abs=0.05)
+    assert (acts != 0).sum(1).float().mean().item() == pytest.approx(metrics["l0"], rel=0.25)
+    assert metrics["ce_spliced"] > metrics["ce_clean"]
+
+
+def test_transcoder_with_intermediate_checkpoints(tmp_path, smollm, heldout_text):
+    proc = _train(tmp_path, "site=mlp_transcoder", "sae=topk", "training.save_every=6144", *SMALL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    checkpoints = sorted((tmp_path / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    assert [int(p.name) for p in checkpoints] == [6144, 12288]
+    tokens, keep = heldout_text
+    hooks = ["blocks.3.ln2.hook_normalized", "blocks.3.hook_mlp_out"]
+    with torch.no_grad():
+        _, cache = smollm.run_with_cache(tokens, names_filter=hooks, stop_at_layer=4)
+    x, y = (cache[h][keep] for h in hooks)
+    evs = {}
+    for folder in [*checkpoints, tmp_path / "sae"]:
+        meta = json.loads((folder / "cfg.json").read_text())
+        assert meta["apply_b_dec_to_input"] is False
+        assert (meta["metadata"]["hook_name"], meta["metadata"]["hook_name_out"]) == tuple(hooks)
+        sae = saes.load(folder)
+        assert sae.is_transcoder and not sae.apply_b_dec_to_input
+        with torch.no_grad():
+            evs[folder.name] = (1 - ((sae(x) - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()).item()
+    assert json.loads((checkpoints[0] / "cfg.json").read_text())["metadata"]["status"] == "intermediate"
+    # every checkpoint has both normalization scales folded in (else the EV would be far below 0)
+    assert min(evs.values()) > 0 and evs["sae"] == evs["12288"] > evs["6144"], evs
+    final = json.loads((tmp_path / "metrics.json").read_text())
+    assert final["explained_variance"] == pytest.approx(evs["sae"], abs=0.05)

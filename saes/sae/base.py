@@ -1,8 +1,13 @@
 """The SAE base class every variant extends: parameters, encode/decode, folding, checkpoint cfg.
 
-Shapes: B tokens in a batch, D = d_in, F = d_sae (latents), K active latents per token.
-Parameters follow the SAELens v6 layout: ``W_enc_DF [D, F]``, ``b_enc_F``, ``W_dec_FD [F, D]``,
-``b_dec_D``. Encoders subtract ``b_dec`` from the input (``apply_b_dec_to_input``).
+Shapes: B tokens in a batch, D = d_in, O = d_out (= D for an SAE), F = d_sae (latents), K active
+latents per token. Parameters follow the SAELens v6 layout: ``W_enc_DF [D, F]``, ``b_enc_F``,
+``W_dec_FO [F, O]`` (named ``W_dec_FD``), ``b_dec_D``. SAEs subtract ``b_dec`` from the input
+(``apply_b_dec_to_input``); transcoders (``d_out`` given: read one hook, reconstruct another) do not.
+
+Decoder norms: a variant either keeps decoder rows at unit norm (``unit_norm_decoder``: the
+gradient parallel to each row is removed before the step and rows are renormalised after it) or
+weights its sparsity penalty by the row norms and leaves them free.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from saes.errors import ConfigError
 
 
 @dataclass
@@ -24,6 +31,10 @@ class SAEConfig:
     """d_sae = expansion_factor * d_in, unless ``d_sae`` is given."""
     d_sae: int | None = None
     """Number of latents; overrides ``expansion_factor``."""
+    decoder_init_norm: float = 1.0
+    """Norm of each decoder row at initialisation (random directions)."""
+    tied_init: bool = True
+    """Initialise ``W_enc = W_dec^T`` (SAEs only; a transcoder's encoder is drawn independently)."""
 
     def resolve_d_sae(self, d_in: int) -> int:
         return int(self.d_sae) if self.d_sae else int(self.expansion_factor * d_in)
@@ -42,7 +53,32 @@ class TrainStepOutput:
     l0: float
     """Mean number of active latents per token."""
     losses: dict[str, float] = field(default_factory=dict)
-    """Named loss terms for logging (e.g. ``fvu``, ``auxk``)."""
+    """Named loss terms for logging; ``fvu`` (fraction of variance unexplained) always."""
+
+
+def fvu_and_mse(y_BD: torch.Tensor, y_hat_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(FVU, MSE)`` in float32: FVU = sum||y - y_hat||^2 / sum||y - mean(y)||^2 over the batch;
+    MSE = mean over tokens of ||y - y_hat||^2 (summed over dimensions)."""
+    err = (y_BD.float() - y_hat_BD.float()).pow(2).sum()
+    total_var = (y_BD.float() - y_BD.float().mean(0)).pow(2).sum()
+    return err / total_var, err / y_BD.shape[0]
+
+
+def linear_warmup(progress: float, fraction: float) -> float:
+    """Factor rising linearly from 0 to 1 over the first ``fraction`` of training."""
+    return 1.0 if fraction <= 0 else min(1.0, progress / fraction)
+
+
+@torch.no_grad()
+def copy_named(tensors: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors[name]`` into each target; a missing name raises ``KeyError(name)``, a shape
+    mismatch ``ValueError`` naming it (the checkpoint loader adds the file name)."""
+    for name, param in targets.items():
+        if name not in tensors:
+            raise KeyError(name)
+        if tensors[name].shape != param.shape:
+            raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, the config implies {tuple(param.shape)}")
+        param.copy_(tensors[name])
 
 
 class SAE(nn.Module):
@@ -50,13 +86,20 @@ class SAE(nn.Module):
 
     architecture: ClassVar[str]
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
+    unit_norm_decoder: bool = True
+    """Keep decoder rows at unit norm while training (set False by penalty-weighted variants)."""
 
     def __init__(self, cfg: SAEConfig, d_in: int, d_out: int | None = None):
         super().__init__()
         self.cfg = cfg
         self.d_in = d_in
-        self.d_out = d_out or d_in
+        self.is_transcoder = d_out is not None
+        self.d_out = d_in if d_out is None else d_out
+        self.apply_b_dec_to_input = not self.is_transcoder
+        """Subtract ``b_dec`` from the input before encoding (SAELens's ``apply_b_dec_to_input``)."""
         self.d_sae = cfg.resolve_d_sae(d_in)
+        if self.d_sae <= 0:
+            raise ConfigError(f"sae.d_sae={self.d_sae} must be positive")
         self.W_enc_DF = nn.Parameter(torch.empty(d_in, self.d_sae))
         self.b_enc_F = nn.Parameter(torch.zeros(self.d_sae))
         self.W_dec_FD = nn.Parameter(torch.empty(self.d_sae, self.d_out))
@@ -64,35 +107,45 @@ class SAE(nn.Module):
 
     # -- initialisation -------------------------------------------------------------------
     @torch.no_grad()
-    def initialize(self, generator: torch.Generator | None = None, decoder_norm: float = 1.0) -> None:
-        """Random unit-direction decoder rows scaled to ``decoder_norm``; ``W_enc = W_dec^T``."""
+    def initialize(self, generator: torch.Generator | None = None, decoder_norm: float | None = None) -> None:
+        """Random decoder directions scaled to ``decoder_norm`` (default ``sae.decoder_init_norm``);
+        ``W_enc = W_dec^T`` for SAEs with ``sae.tied_init``, else an independent random encoder
+        with unit-norm columns scaled the same way."""
+        norm = self.cfg.decoder_init_norm if decoder_norm is None else decoder_norm
         w = torch.randn(self.d_sae, self.d_out, generator=generator)
-        w *= decoder_norm / w.norm(dim=1, keepdim=True)
+        w *= norm / w.norm(dim=1, keepdim=True)
         self.W_dec_FD.copy_(w)
-        if self.d_out == self.d_in:
+        if not self.is_transcoder and self.cfg.tied_init:
             self.W_enc_DF.copy_(w.T)
-        else:  # transcoder: no tied shape, use an independent random encoder of the same scale
+        else:
             e = torch.randn(self.d_in, self.d_sae, generator=generator)
-            self.W_enc_DF.copy_(e * decoder_norm / e.norm(dim=0, keepdim=True))
+            self.W_enc_DF.copy_(e * norm / e.norm(dim=0, keepdim=True))
         self.b_enc_F.zero_()
         self.b_dec_D.zero_()
 
     # -- inference -------------------------------------------------------------------------
+    def b_dec_in(self) -> torch.Tensor | None:
+        """``b_dec`` when it is subtracted from the input, else None."""
+        return self.b_dec_D if self.apply_b_dec_to_input else None
+
+    def centered(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """The encoder input: ``x - b_dec`` for SAEs, ``x`` for transcoders."""
+        return x_BD - self.b_dec_D if self.apply_b_dec_to_input else x_BD
+
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations ``[B, F]``."""
-        x_in = x_BD - self.b_dec_D if self.d_out == self.d_in else x_BD
-        return x_in @ self.W_enc_DF + self.b_enc_F
+        return self.centered(x_BD) @ self.W_enc_DF + self.b_enc_F
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         """Dense latent activations ``[B, F]`` (zeros off the active set)."""
         raise NotImplementedError
 
     def decode(self, acts_BF: torch.Tensor) -> torch.Tensor:
-        """Reconstruction ``[B, D]`` from dense activations."""
+        """Reconstruction ``[B, O]`` from dense activations."""
         return acts_BF @ self.W_dec_FD + self.b_dec_D
 
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
-        """Reconstruction of ``x_BD``."""
+        """Reconstruction of ``x_BD`` (of the output hook for a transcoder)."""
         return self.decode(self.encode(x_BD))
 
     # -- training --------------------------------------------------------------------------
@@ -105,17 +158,43 @@ class SAE(nn.Module):
         """Loss on a batch; ``y_BD`` is the target (``x_BD`` itself for an SAE).
 
         ``state`` carries ``dead_F`` (bool [F], latents that have not fired for
-        ``training.dead_tokens`` tokens) and ``progress`` (fraction of training done, in [0, 1]).
+        ``training.dead_tokens`` tokens), ``progress`` (fraction of training done, in [0, 1]),
+        ``tokens`` (tokens trained on before this batch) and ``optimizer``.
         """
         raise NotImplementedError
 
-    def after_step(self) -> None:
-        """Hook run after each optimizer step (e.g. renormalise decoder rows)."""
-
+    @torch.no_grad()
     def before_step(self) -> None:
-        """Hook run after backward and before the optimizer step (e.g. project gradients)."""
+        """After backward, before the optimizer step: with ``unit_norm_decoder``, remove the
+        gradient component parallel to each (unit) decoder row."""
+        g = self.W_dec_FD.grad
+        if self.unit_norm_decoder and g is not None:
+            w = self.W_dec_FD
+            g -= (g * w).sum(dim=1, keepdim=True) * w
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """After the optimizer step: with ``unit_norm_decoder``, renormalise decoder rows."""
+        if self.unit_norm_decoder:
+            self.W_dec_FD /= self.W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
     # -- checkpoints -------------------------------------------------------------------------
+    def inference_form(self) -> "SAE":
+        """The SAE as it is evaluated and saved: ``self`` when training and inference agree, else
+        a new module (``self`` is left unchanged). BatchTopK variants become a JumpReLU SAE here;
+        decoder-norm-aware TopK gets its norms folded into the encoder."""
+        return self
+
+    @torch.no_grad()
+    def fold_decoder_norms(self) -> torch.Tensor:
+        """Rescale so decoder rows have unit norm without changing reconstructions: latent ``i``
+        is multiplied by ``||W_dec[i]||`` (encoder column and bias scaled alike). Returns the norms."""
+        norms_F = self.W_dec_FD.norm(dim=1).clamp_min(1e-8)
+        self.W_dec_FD /= norms_F[:, None]
+        self.W_enc_DF *= norms_F
+        self.b_enc_F *= norms_F
+        return norms_F
+
     @torch.no_grad()
     def fold_activation_scale(self, scale_in: float, scale_out: float) -> None:
         """Fold a training-time input scaling ``x * scale_in`` (target ``y * scale_out``) into the
@@ -123,11 +202,25 @@ class SAE(nn.Module):
         same latent activations as before."""
         self.W_enc_DF.mul_(scale_in)
         self.W_dec_FD.div_(scale_out)
-        self.b_dec_D.div_(scale_out)  # for an SAE scale_in == scale_out, so (x*s - b) = s*(x - b/s)
+        # SAE: scale_in == scale_out, so (x*s - b) = s*(x - b/s); transcoders do not centre
+        self.b_dec_D.div_(scale_out)
+
+    def saelens_architecture(self) -> str:
+        """SAELens v6 ``architecture`` of the saved (inference-form) SAE."""
+        return self.architecture
 
     def saelens_cfg(self) -> dict[str, Any]:
         """Architecture-specific top-level keys of a SAELens v6 ``cfg.json``."""
-        return {"architecture": self.architecture}
+        return {"architecture": self.saelens_architecture()}
+
+    def saelens_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors of ``sae_weights.safetensors`` by their SAELens names."""
+        return {"W_enc": self.W_enc_DF, "b_enc": self.b_enc_F, "W_dec": self.W_dec_FD, "b_dec": self.b_dec_D}
+
+    @torch.no_grad()
+    def load_saelens_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Set the parameters from SAELens-named tensors (see ``copy_named`` for errors)."""
+        copy_named(tensors, SAE.saelens_tensors(self))
 
     @classmethod
     def options_from_saelens(cls, cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -138,3 +231,7 @@ class SAE(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         """The variant's config as plain data (stored in checkpoint metadata)."""
         return asdict(self.cfg)
+
+    def extra_repr(self) -> str:
+        kind = f"transcoder d_out={self.d_out}" if self.is_transcoder else "sae"
+        return f"{self.architecture}: d_in={self.d_in}, d_sae={self.d_sae}, {kind}"

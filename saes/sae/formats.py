@@ -1,9 +1,15 @@
 """Checkpoints in SAELens v6 format: ``cfg.json`` + ``sae_weights.safetensors``
-(+ ``sparsity.safetensors`` with key ``sparsity`` = log10 firing density per latent).
+(+ ``sparsity.safetensors`` with key ``sparsity`` = log10 firing density per latent), and loading
+of foreign folders (SAELens, sparsify, lm-saes/llamascopium; see ``saes.sae.foreign``).
 
-Tensor names and layouts are SAELens's: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``,
-``b_enc``, ``b_dec``. Our own config goes under ``metadata.saes`` so a checkpoint round-trips
-exactly. Folders are written atomically (a temporary sibling renamed into place).
+Tensor names and layouts are SAELens's: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_out]``,
+``b_enc``, ``b_dec`` (+ ``threshold`` for JumpReLU; ``b_gate``, ``r_mag``, ``b_mag`` instead of
+``b_enc`` for gated). Variants are saved in their inference form (BatchTopK and Matryoshka as
+JumpReLU). Transcoders set ``apply_b_dec_to_input: false``; with d_out != d_in they use SAELens's
+``transcoder`` / ``jumprelu_transcoder`` (SAELens 6 has no TopK or gated transcoder class: those
+are written as ``topk_transcoder`` / ``gated_transcoder`` and load in saes only). Our own config
+goes under ``metadata.saes`` so a checkpoint round-trips exactly; ``metadata.sae_lens_version``
+marks the format version SAELens reads. Folders are written atomically.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+import saes
 from saes.errors import ConfigError
 from saes.sae.base import SAE
 from saes.sae.registry import REGISTRY, build
@@ -26,35 +33,61 @@ from saes.sae.registry import REGISTRY, build
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
-PARAM_NAMES = {"W_enc": "W_enc_DF", "b_enc": "b_enc_F", "W_dec": "W_dec_FD", "b_dec": "b_dec_D"}
+SAELENS_FORMAT_VERSION = "6.0.0"
+TRANSCODER_ARCHITECTURES = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}
 
 
 class CheckpointError(ConfigError):
     """A checkpoint folder is missing, corrupt or of an unknown kind; the message names the file."""
 
 
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a missing, truncated or corrupt file raises
+    ``CheckpointError`` naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path} could not be read (missing, truncated or corrupt): {err}") from err
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file as a dict; missing or invalid raises ``CheckpointError`` naming it."""
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+
+
 def saelens_cfg(sae: SAE, metadata: dict[str, Any]) -> dict[str, Any]:
-    """The ``cfg.json`` dict for ``sae`` (activation normalization already folded in)."""
-    return {
+    """The ``cfg.json`` dict for an inference-form ``sae`` (activation normalization folded in)."""
+    cfg: dict[str, Any] = {
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": str(sae.W_dec_FD.dtype).removeprefix("torch."),
         "device": "cpu",
-        "apply_b_dec_to_input": sae.d_out == sae.d_in,
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": "none",
         "reshape_activations": "none",
         **sae.saelens_cfg(),
-        "metadata": {**metadata, "saes": {"sae": sae.config_dict(), "d_out": sae.d_out}},
     }
+    if sae.is_transcoder and sae.d_out != sae.d_in:
+        cfg["d_out"] = sae.d_out
+        cfg["architecture"] = TRANSCODER_ARCHITECTURES.get(cfg["architecture"], f"{cfg['architecture']}_transcoder")
+    ours = {"sae": sae.config_dict(), "d_out": sae.d_out if sae.is_transcoder else None, "version": saes.__version__}
+    cfg["metadata"] = {"sae_lens_version": SAELENS_FORMAT_VERSION, **metadata, "saes": ours}
+    return cfg
 
 
 def save_sae(sae: SAE, folder: str | Path, metadata: dict[str, Any], log10_density_F: torch.Tensor | None = None) -> Path:
-    """Write ``sae`` to ``folder`` atomically; returns the folder."""
+    """Write ``sae`` (in its inference form) to ``folder`` atomically; returns the folder."""
+    sae = sae.inference_form()
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        tensors = {name: getattr(sae, attr).detach().cpu().contiguous() for name, attr in PARAM_NAMES.items()}
+        tensors = {name: t.detach().cpu().contiguous() for name, t in sae.saelens_tensors().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         if log10_density_F is not None:
             save_file({"sparsity": log10_density_F.detach().cpu().float().contiguous()}, str(tmp / SPARSITY_FILE))
@@ -75,51 +108,71 @@ def read_cfg(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CFG_FILE
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: not a SAELens-format SAE folder")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    return read_json(path)
 
 
 def saes_options(cfg: dict[str, Any], path: Path) -> tuple[dict[str, Any], int | None]:
-    """``(sae options, d_out)`` for a cfg.json: ours from ``metadata.saes``, a foreign SAELens
-    one through the variant that can represent its architecture."""
-    ours = cfg.get("metadata", {}).get("saes")
+    """``(sae options, d_out or None)`` for a cfg.json: ours from ``metadata.saes``, a foreign
+    SAELens one through the variant that can represent its architecture."""
+    ours = (cfg.get("metadata") or {}).get("saes")
     if ours is not None:
-        return ours["sae"], ours.get("d_out")
+        d_out = ours.get("d_out")
+        # files written before transcoders were distinguished stored d_out == d_in for SAEs
+        return ours["sae"], None if d_out is None or (d_out == cfg["d_in"] and cfg.get("apply_b_dec_to_input", True)) else d_out
     if cfg.get("normalize_activations", "none") not in ("none", None):
         raise CheckpointError(
             f"{path}: normalize_activations={cfg['normalize_activations']!r} needs a scale the file does not hold; "
             "fold it into the weights with SAELens (sae.fold_activation_norm_scaling_factor) and save again"
         )
+    architecture = cfg.get("architecture", "standard")
     for cls in REGISTRY.values():
-        options = cls.options_from_saelens(cfg)
+        options = cls.options_from_saelens({**cfg, "architecture": architecture})
         if options is not None:
-            return options, None
-    raise CheckpointError(f"{path}: SAELens architecture {cfg.get('architecture')!r} is not supported; "
-                          f"supported variants: {sorted(REGISTRY)}")
+            return options, cfg.get("d_out", cfg["d_in"]) if "transcoder" in architecture else None
+    raise CheckpointError(f"{path}: SAELens architecture {architecture!r} is not supported; supported: "
+                          "standard, topk, jumprelu, gated, transcoder, jumprelu_transcoder")
+
+
+def load_saelens(folder: Path) -> SAE:
+    """Load a SAELens-format folder (written by saes or by SAELens)."""
+    cfg = read_cfg(folder)
+    options, d_out = saes_options(cfg, folder / CFG_FILE)
+    tensors = read_tensors(folder / WEIGHTS_FILE)
+    sae = build(options, d_in=cfg["d_in"], d_out=d_out)
+    sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", not sae.is_transcoder))
+    return assign_tensors(sae, tensors, folder / WEIGHTS_FILE)
+
+
+def assign_tensors(sae: SAE, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
+    """``sae`` in the file's dtype with its SAELens-named tensors set; errors name ``path``."""
+    dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+    sae = sae.to(dtype)
+    try:
+        sae.load_saelens_tensors(tensors)
+    except KeyError as err:
+        raise CheckpointError(f"{path} lacks tensor {err}; it has {sorted(tensors)}") from err
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    return sae
 
 
 def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
-    """Load a SAELens-format folder (written by saes or by SAELens)."""
+    """Load a checkpoint folder: SAELens format (saes, SAELens), sparsify (``cfg.json`` +
+    ``sae.safetensors``) or lm-saes/llamascopium (``config.json`` with ``sae_type``)."""
+    from saes.sae import foreign
+
     folder = Path(folder)
-    cfg = read_cfg(folder)
-    options, d_out = saes_options(cfg, folder / CFG_FILE)
-    weights_path = folder / WEIGHTS_FILE
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"{weights_path} could not be read (missing, truncated or corrupt): {err}") from err
-    sae = build(options, d_in=cfg["d_in"], d_out=d_out).to(tensors["W_dec"].dtype if "W_dec" in tensors else torch.float32)
-    missing = sorted(set(PARAM_NAMES) - set(tensors))
-    if missing:
-        raise CheckpointError(f"{weights_path} lacks tensors {missing}")
-    with torch.no_grad():
-        for name, attr in PARAM_NAMES.items():
-            param = getattr(sae, attr)
-            if tensors[name].shape != param.shape:
-                raise CheckpointError(f"{weights_path}: {name} has shape {tuple(tensors[name].shape)}, cfg.json implies {tuple(param.shape)}")
-            param.copy_(tensors[name])
+    if (folder / CFG_FILE).exists() and (folder / foreign.SPARSIFY_WEIGHTS).exists() and not (folder / WEIGHTS_FILE).exists():
+        sae = foreign.load_sparsify(folder)
+    elif (folder / CFG_FILE).exists():
+        sae = load_saelens(folder)
+    elif (folder / foreign.LLAMASCOPIUM_CONFIG).exists():
+        sae = foreign.load_llamascopium(folder)
+    else:
+        raise CheckpointError(
+            f"{folder} holds no {CFG_FILE} (SAELens, sparsify) or {foreign.LLAMASCOPIUM_CONFIG} (lm-saes/llamascopium): "
+            "not an SAE checkpoint folder"
+        )
     return sae.to(device)
 
 

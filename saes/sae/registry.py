@@ -1,7 +1,7 @@
 """Architecture registry: ``@register("name")`` on an SAE class; ``build`` validates the config.
 
-Adding a variant: one module in ``saes/sae/`` that calls ``register`` (import it in
-``saes/sae/__init__.py``) and one ``conf/sae/<name>.yaml``.
+Adding a variant: one module in ``saes/sae/`` that calls ``register`` (the package imports all
+its modules) and one ``conf/sae/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def make_config(options: Mapping[str, Any]) -> Any:
 
 
 def build(options: Mapping[str, Any], d_in: int, d_out: int | None = None) -> "SAE":
-    """A freshly constructed (uninitialised) SAE of the configured variant."""
+    """A freshly constructed (uninitialised) SAE of the configured variant; ``d_out`` given makes
+    it a transcoder (reads one hook, reconstructs another; no input centering)."""
     cfg = make_config(options)
     return sae_class(cfg.architecture)(cfg, d_in, d_out)

@@ -1,19 +1,27 @@
 """TopK SAE (Gao et al. 2024): keep the K largest pre-activations per token, with AuxK.
 
-Decoder rows are kept at unit norm (gradient projected, rows renormalised after each step).
-AuxK: the residual ``y - x_hat`` is reconstructed from the ``aux_k`` largest pre-activations
+Decoder norm: unit-norm constraint (gradient projected, rows renormalised after each step).
+With ``decoder_norm_selection`` (Llama Scope; SAELens's ``rescale_acts_by_decoder_norm``) the
+decoder is left free and latents are selected on ``pre_act * ||W_dec row||``; the latent value is
+that product and decoding divides it back out. Saving folds the norms into the encoder, which
+gives a plain TopK SAE with identical outputs.
+AuxK: the residual ``y - y_hat`` is reconstructed from the ``aux_k`` largest pre-activations
 among dead latents, and that FVU, times ``aux_coef``, is added to the loss.
+k annealing: with ``k_start``, k falls linearly from ``k_start`` to ``k`` over the first
+``k_anneal_fraction`` of training.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from saes.errors import ConfigError
-from saes.sae.base import SAE, SAEConfig, TrainStepOutput
+from saes.sae.base import SAE, SAEConfig, TrainStepOutput, fvu_and_mse
 from saes.sae.registry import register
 from saes.sae.sparse_ops import sparse_decode, topk_encode
 
@@ -27,6 +35,30 @@ class TopKConfig(SAEConfig):
     """Latents used by AuxK; None: d_in / 2."""
     aux_coef: float = 1 / 32
     """Weight of the AuxK loss."""
+    decoder_norm_selection: bool = False
+    """Select on pre-activation x decoder row norm; decoder rows unconstrained (Llama Scope)."""
+    k_start: int | None = None
+    """Anneal k from this value down to ``k``; None: no annealing."""
+    k_anneal_fraction: float = 0.0
+    """Fraction of training over which k falls linearly from ``k_start`` to ``k``."""
+
+
+def annealed_k(k: int, k_start: int | None, fraction: float, progress: float) -> int:
+    """k for this point of training (``k_start`` -> ``k`` linearly over ``fraction``)."""
+    if k_start is None or progress >= fraction:
+        return k
+    return int(round(k_start + (k - k_start) * progress / fraction))
+
+
+def check_k_options(cfg: Any, d_sae: int) -> None:
+    """Validate ``k``, ``k_start`` and ``k_anneal_fraction`` (shared with BatchTopK)."""
+    if not 0 < cfg.k <= d_sae:
+        raise ConfigError(f"sae.k={cfg.k} must be in [1, d_sae={d_sae}]")
+    if cfg.k_start is not None:
+        if not cfg.k <= cfg.k_start <= d_sae:
+            raise ConfigError(f"sae.k_start={cfg.k_start} must be in [k={cfg.k}, d_sae={d_sae}]")
+        if not 0 < cfg.k_anneal_fraction <= 1:
+            raise ConfigError(f"sae.k_anneal_fraction={cfg.k_anneal_fraction} must be in (0, 1] when sae.k_start is set")
 
 
 @register("topk")
@@ -36,31 +68,47 @@ class TopKSAE(SAE):
 
     def __init__(self, cfg: TopKConfig, d_in: int, d_out: int | None = None):
         super().__init__(cfg, d_in, d_out)
-        if not 0 < cfg.k <= self.d_sae:
-            raise ConfigError(f"sae.k={cfg.k} must be in [1, d_sae={self.d_sae}]")
+        check_k_options(cfg, self.d_sae)
         self.k = cfg.k
         self.aux_k = cfg.aux_k or max(1, d_in // 2)
+        self.unit_norm_decoder = not cfg.decoder_norm_selection
 
-    def _b_dec_in(self) -> torch.Tensor | None:
-        return self.b_dec_D if self.d_out == self.d_in else None
+    def selection_scale(self) -> torch.Tensor | None:
+        """Per-latent factor applied before selection (decoder row norms), or None."""
+        return self.W_dec_FD.norm(dim=1) if self.cfg.decoder_norm_selection else None
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
-        vals_BK, idx_BK = self.pre_acts(x_BD).topk(self.k, dim=1, sorted=False)
-        return torch.zeros(x_BD.shape[0], self.d_sae, dtype=vals_BK.dtype, device=x_BD.device).scatter_(
-            1, idx_BK, vals_BK.clamp_min(0)
-        )
+        pre_BF = self.pre_acts(x_BD)
+        scale_F = self.selection_scale()
+        if scale_F is not None:
+            pre_BF = pre_BF * scale_F
+        vals_BK, idx_BK = pre_BF.topk(self.k, dim=1, sorted=False)
+        return torch.zeros_like(pre_BF).scatter_(1, idx_BK, vals_BK.clamp_min(0))
+
+    def decode(self, acts_BF: torch.Tensor) -> torch.Tensor:
+        scale_F = self.selection_scale()
+        return super().decode(acts_BF if scale_F is None else acts_BF / scale_F)
 
     def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
-        vals_BK, idx_BK = topk_encode(x_BD, self.W_enc_DF, self.b_enc_F, self._b_dec_in(), self.k)
-        y_hat_BD = sparse_decode(idx_BK, vals_BK, self.W_dec_FD, self.b_dec_D)
-        total_var = (y_BD - y_BD.mean(0)).pow(2).sum()
-        err_BD = y_BD - y_hat_BD
-        fvu = err_BD.pow(2).sum() / total_var
+        k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, state.get("progress", 1.0))
+        scale_F = self.selection_scale()
+        if scale_F is None:  # the fast path: k-sparse backward
+            vals_BK, idx_BK = topk_encode(x_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), k)
+            coef_BK = vals_BK
+        else:  # selection on pre * ||W_dec||: dense autograd through the norms
+            vals_BK, idx_BK = (self.pre_acts(x_BD) * scale_F).topk(k, dim=1, sorted=False)
+            vals_BK = vals_BK.clamp_min(0)
+            coef_BK = vals_BK / scale_F[idx_BK]
+        y_hat_BD = sparse_decode(idx_BK, coef_BK, self.W_dec_FD, self.b_dec_D)
+        fvu, _ = fvu_and_mse(y_BD, y_hat_BD)
         loss = fvu
         losses = {"fvu": fvu.item()}
+        if self.cfg.k_start is not None:
+            losses["k"] = float(k)
         dead_F: torch.Tensor | None = state.get("dead_F")
         if dead_F is not None and self.cfg.aux_coef > 0 and bool(dead_F.any()):
-            auxk = self._auxk_loss(x_BD, err_BD.detach(), dead_F, total_var)
+            total_var = (y_BD - y_BD.mean(0)).pow(2).sum()
+            auxk = self._auxk_loss(x_BD, (y_BD - y_hat_BD).detach(), dead_F, total_var, scale_F)
             loss = loss + self.cfg.aux_coef * auxk
             losses["auxk"] = auxk.item()
         active = vals_BK > 0
@@ -74,35 +122,48 @@ class TopKSAE(SAE):
             losses=losses,
         )
 
-    def _auxk_loss(self, x_BD: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor, total_var: torch.Tensor) -> torch.Tensor:
+    def _auxk_loss(
+        self, x_BD: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor, total_var: torch.Tensor,
+        scale_F: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """FVU of the residual reconstructed by the top ``aux_k`` dead latents, scaled down when
         fewer than ``aux_k`` latents are dead (as in sparsify)."""
         dead_idx = dead_F.nonzero().squeeze(1)
         k_aux = min(self.aux_k, dead_idx.numel())
-        x_in = x_BD - self.b_dec_D if self.d_out == self.d_in else x_BD
-        pre_BN = x_in @ self.W_enc_DF[:, dead_idx] + self.b_enc_F[dead_idx]
+        pre_BN = self.centered(x_BD) @ self.W_enc_DF[:, dead_idx] + self.b_enc_F[dead_idx]
+        if scale_F is not None:
+            pre_BN = pre_BN * scale_F[dead_idx]
         vals_BK, pos_BK = pre_BN.topk(k_aux, dim=1, sorted=False)
-        err_hat_BD = sparse_decode(dead_idx[pos_BK], vals_BK.clamp_min(0), self.W_dec_FD, torch.zeros_like(self.b_dec_D))
+        vals_BK = vals_BK.clamp_min(0)
+        if scale_F is not None:
+            vals_BK = vals_BK / scale_F[dead_idx][pos_BK]
+        err_hat_BD = sparse_decode(dead_idx[pos_BK], vals_BK, self.W_dec_FD, torch.zeros_like(self.b_dec_D))
         scale = min(dead_idx.numel() / self.aux_k, 1.0)
-        return scale * (err_hat_BD - err_BD).pow(2).sum() / total_var
+        return scale * (err_hat_BD.float() - err_BD.float()).pow(2).sum() / total_var
 
     @torch.no_grad()
-    def before_step(self) -> None:
-        """Remove the gradient component parallel to each (unit) decoder row."""
-        g = self.W_dec_FD.grad
-        if g is not None:
-            w = self.W_dec_FD
-            g -= (g * w).sum(dim=1, keepdim=True) * w
+    def fold_decoder_norms(self) -> torch.Tensor:
+        if not self.cfg.decoder_norm_selection:
+            raise ValueError("folding decoder norms into a TopK SAE without decoder_norm_selection would change "
+                             "the selection of its top-k latents")
+        return super().fold_decoder_norms()
 
-    @torch.no_grad()
-    def after_step(self) -> None:
-        self.W_dec_FD /= self.W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    def inference_form(self) -> SAE:
+        """With ``decoder_norm_selection``: a copy with the norms folded in (a plain TopK SAE)."""
+        if not self.cfg.decoder_norm_selection:
+            return self
+        out = copy.deepcopy(self)
+        out.fold_decoder_norms()
+        out.cfg = dataclasses.replace(out.cfg, decoder_norm_selection=False)
+        out.unit_norm_decoder = True
+        return out
 
     def saelens_cfg(self) -> dict[str, Any]:
-        return {"architecture": "topk", "k": self.k, "rescale_acts_by_decoder_norm": False}
+        return {"architecture": "topk", "k": self.k, "rescale_acts_by_decoder_norm": self.cfg.decoder_norm_selection}
 
     @classmethod
     def options_from_saelens(cls, cfg: dict[str, Any]) -> dict[str, Any] | None:
-        if cfg.get("architecture") != "topk" or cfg.get("rescale_acts_by_decoder_norm"):
+        if cfg.get("architecture") != "topk":
             return None
-        return {"architecture": "topk", "d_sae": cfg["d_sae"], "k": cfg["k"]}
+        return {"architecture": "topk", "d_sae": cfg["d_sae"], "k": cfg["k"],
+                "decoder_norm_selection": bool(cfg.get("rescale_acts_by_decoder_norm", False))}

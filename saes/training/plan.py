@@ -37,12 +37,30 @@ def _short_hook(hook: str) -> str:
     return hook.split(".")[-1].removeprefix("hook_") if hook.startswith("blocks.") else hook
 
 
+def _list_fields(architecture: Any) -> set[str]:
+    """Options of the variant whose value is itself a list (e.g. matryoshka's ``prefix_fractions``):
+    a flat list there is one value; a list of lists sweeps it."""
+    import dataclasses
+
+    from saes.sae.registry import REGISTRY
+
+    cls = REGISTRY.get(architecture) if isinstance(architecture, str) else None
+    if cls is None:
+        return set()
+    return {f.name for f in dataclasses.fields(cls.config_class) if str(f.type).startswith(("list", "List"))}
+
+
+def _nested(value: list[Any]) -> bool:
+    return all(isinstance(v, list) for v in value)
+
+
 def plan_members(cfg: DictConfig) -> list[MemberSpec]:
     """The run's SAEs, in a stable order."""
     layers = parse_layers(cfg.layer)
     hooks_in = _as_list(cfg.site.hook_in)
     sae = OmegaConf.to_container(cfg.sae, resolve=True)
-    swept = {k: v for k, v in sae.items() if isinstance(v, list)}
+    list_fields = _list_fields(sae.get("architecture"))
+    swept = {k: v for k, v in sae.items() if isinstance(v, list) and (k not in list_fields or _nested(v))}
     combos = [dict(zip(swept, values)) for values in itertools.product(*swept.values())] or [{}]
     members = []
     for layer, hook_template, combo in itertools.product(layers, hooks_in, combos):

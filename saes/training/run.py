@@ -35,7 +35,7 @@ from saes.training.metrics_log import MetricsLog
 from saes.training.plan import MemberSpec, plan_members
 from saes.training.schedules import SCHEDULES
 from saes.training.stream import TrainingStream
-from saes.training.trainer import B_DEC_INITS, SAETrainer
+from saes.training.trainer import AUTOCAST_DTYPES, B_DEC_INITS, SAETrainer
 
 SAE_DIR = "sae"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)  # SLURM pre-timeout: USR1 (sbatch --signal), USR2 (submitit)
@@ -64,6 +64,8 @@ def validate_config(cfg: DictConfig) -> list[MemberSpec]:
         raise ConfigError(f"optimizer.schedule={cfg.optimizer.schedule!r} is unknown; use one of {SCHEDULES}")
     if cfg.training.b_dec_init not in B_DEC_INITS:
         raise ConfigError(f"training.b_dec_init={cfg.training.b_dec_init!r} is unknown; use one of {B_DEC_INITS}")
+    if cfg.training.autocast not in (None, *AUTOCAST_DTYPES):
+        raise ConfigError(f"training.autocast={cfg.training.autocast!r} is unknown; use one of {sorted(AUTOCAST_DTYPES)} or null")
     if cfg.logger.kind not in ("wandb", "none"):
         raise ConfigError(f"logger.kind={cfg.logger.kind!r} is unknown; use logger=wandb or logger=none")
     for key in ("tokens", "training.batch_size", "activations.batch_contexts"):
@@ -126,7 +128,7 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
     held = _concat(source.stream(iter(heldout), cfg.activations.batch_contexts))
     stream = TrainingStream(corpus, source, cfg.activations.batch_contexts, min(cfg.activations.buffer_tokens, cfg.tokens),
                             cfg.training.batch_size, cfg.tokens, cfg.seed)
-    members = [Member(s, run_dir / s.name, SAETrainer(build(s.sae_options, held[s.hook_in].shape[1], held[s.hook_out].shape[1]).to(device),
+    members = [Member(s, run_dir / s.name, SAETrainer(build(s.sae_options, held[s.hook_in].shape[1], _d_out(s, held)).to(device),
                                                         cfg.optimizer, cfg.training, cfg.tokens)) for s in specs]
     state = load_state(run_dir) if cfg.resume else None
     start = time.perf_counter()  # throughput counts every training forward, buffer fill included
@@ -169,6 +171,7 @@ def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], 
     lead = members[0].trainer
     next_eval = _next_multiple(lead.tokens, cfg.training.eval_every)
     next_ckpt = _next_multiple(lead.tokens, cfg.training.checkpoint_every)
+    next_save = _next_multiple(lead.tokens, cfg.training.save_every)
     status = "finished"
     try:
         with tqdm(total=cfg.tokens, initial=lead.tokens, unit="tok", unit_scale=True, dynamic_ncols=True,
@@ -192,6 +195,11 @@ def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], 
                 if next_ckpt is not None and lead.tokens >= next_ckpt:
                     next_ckpt += cfg.training.checkpoint_every
                     _checkpoint(cfg, stream, members, run_dir, "checkpoint")
+                if next_save is not None and lead.tokens >= next_save:
+                    next_save += cfg.training.save_every
+                    for m in members:  # intermediate SAEs, normalization folded in
+                        save_sae(m.trainer.folded_copy().eval(), m.dir / "checkpoints" / str(m.trainer.tokens),
+                                 checkpoint_metadata(cfg, m.spec, m.trainer, "intermediate"))
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
@@ -268,6 +276,11 @@ def _finish_member(cfg, m: Member, status: str, evaluation: dict[str, Any], reco
     m.log.close(metrics)
     (m.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _d_out(spec: MemberSpec, held: dict[str, torch.Tensor]) -> int | None:
+    """The reconstructed width for a transcoder (hooks differ), None for an SAE."""
+    return held[spec.hook_out].shape[1] if spec.hook_out != spec.hook_in else None
 
 
 def _next_multiple(tokens: int, every: int) -> int | None:

@@ -12,6 +12,7 @@ from saes.sae.base import SAE, TrainStepOutput
 from saes.training.schedules import lr_factor
 
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def activation_scale(x_ND: torch.Tensor) -> float:
@@ -55,6 +56,7 @@ class SAETrainer:
             foreach=device.type != "cuda",
             fused=device.type == "cuda",
         )
+        self.autocast("cpu")  # fails now, naming the key, if training.autocast is unknown
         self.step_count = 0
         self.tokens = 0
         self.scale_in = 1.0
@@ -90,7 +92,10 @@ class SAETrainer:
             group["lr"] = group["base_lr"] * factor
         x = x_BD * self.scale_in
         y = x if y_BD is x_BD else y_BD * self.scale_out
-        out = self.sae.training_forward(x, y, {"dead_F": self.dead_mask(), "progress": self.step_count / self.total_steps})
+        state = {"dead_F": self.dead_mask(), "progress": self.step_count / self.total_steps, "tokens": self.tokens,
+                 "optimizer": self.optimizer}
+        with self.autocast(x.device.type):
+            out = self.sae.training_forward(x, y, state)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.sae.before_step()
@@ -103,6 +108,15 @@ class SAETrainer:
         self.step_count += 1
         self.tokens += x_BD.shape[0]
         return out
+
+    def autocast(self, device_type: str) -> torch.autocast:
+        """Mixed precision for the SAE forward (``training.autocast``: bfloat16/float16 matmuls,
+        float32 master weights and optimizer state); disabled when unset."""
+        name = getattr(self.training_cfg, "autocast", None)
+        dtype = AUTOCAST_DTYPES.get(name) if name else None
+        if name and dtype is None:
+            raise ConfigError(f"training.autocast={name!r} is unknown; use one of {sorted(AUTOCAST_DTYPES)} or null")
+        return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training exactly (weights unfolded)."""
@@ -124,9 +138,12 @@ class SAETrainer:
         self.tokens_since_fired_F = state["tokens_since_fired_F"].to(self.tokens_since_fired_F.device)
 
     def folded_copy(self) -> SAE:
-        """A copy of the SAE with the normalization folded in (takes raw activations)."""
+        """The SAE in inference form (BatchTopK -> JumpReLU, ...) as a copy with the
+        normalization folded in (takes raw activations)."""
         import copy
 
-        sae = copy.deepcopy(self.sae)
+        sae = self.sae.inference_form()
+        if sae is self.sae:
+            sae = copy.deepcopy(sae)
         sae.fold_activation_scale(self.scale_in, self.scale_out)
         return sae

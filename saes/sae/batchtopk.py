@@ -1,0 +1,131 @@
+"""BatchTopK SAE (Bussmann et al. 2024): keep the k * B largest pre-activations of a batch.
+
+Training selects over the whole batch (per-token L0 varies, mean k) with the sparse backward of
+``saes.sae.sparse_ops``, plus AuxK as in TopK. A global threshold is estimated while training as
+an exponential moving average (rate ``threshold_rate``) of the smallest selected activation per
+batch; inference (``encode``) keeps activations above it, so it does not depend on the batch.
+Saved as a JumpReLU SAE with that threshold for every latent. Decoder norm: unit-norm constraint,
+or ``decoder_norm_selection`` as in TopK.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from saes.errors import ConfigError
+from saes.sae.base import SAE, TrainStepOutput, fvu_and_mse
+from saes.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
+from saes.sae.registry import register
+from saes.sae.sparse_ops import batch_topk_encode, ragged_decode
+from saes.sae.topk import TopKConfig, TopKSAE, annealed_k
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    architecture: str = "batchtopk"
+    threshold_rate: float = 0.01
+    """Weight of each batch in the moving average that estimates the inference threshold."""
+
+
+@dataclass
+class SparseCodes:
+    """Ragged latent codes of a batch, sorted by token: ``vals_N`` are the (selection-scale)
+    activations, ``coef_N`` what multiplies the decoder rows (``vals / ||W_dec||`` with
+    ``decoder_norm_selection``, else ``vals``)."""
+
+    rows_N: torch.Tensor
+    cols_N: torch.Tensor
+    vals_N: torch.Tensor
+    coef_N: torch.Tensor
+
+
+@register("batchtopk")
+class BatchTopKSAE(TopKSAE):
+    config_class = BatchTopKConfig
+    cfg: BatchTopKConfig
+
+    def __init__(self, cfg: BatchTopKConfig, d_in: int, d_out: int | None = None):
+        super().__init__(cfg, d_in, d_out)
+        if not 0 < cfg.threshold_rate <= 1:
+            raise ConfigError(f"sae.threshold_rate={cfg.threshold_rate} must be in (0, 1]")
+        self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
+
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        pre_BF = self.pre_acts(x_BD)
+        scale_F = self.selection_scale()
+        if scale_F is not None:
+            pre_BF = pre_BF * scale_F
+        return pre_BF * (pre_BF > self.threshold.to(pre_BF.dtype))
+
+    def batch_codes(self, x_BD: torch.Tensor, k: int) -> SparseCodes:
+        """The top ``k * B`` activations of the batch."""
+        n_keep = k * x_BD.shape[0]
+        scale_F = self.selection_scale()
+        if scale_F is None:
+            rows, cols, vals = batch_topk_encode(x_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), n_keep)
+            return SparseCodes(rows, cols, vals, vals)
+        scaled_BF = self.pre_acts(x_BD) * scale_F
+        vals, flat = scaled_BF.view(-1).topk(n_keep, sorted=False)
+        flat, order = flat.sort()
+        vals = vals[order].clamp_min(0)
+        rows, cols = flat // self.d_sae, flat % self.d_sae
+        return SparseCodes(rows, cols, vals, vals / scale_F[cols])
+
+    def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
+        k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, state.get("progress", 1.0))
+        codes = self.batch_codes(x_BD, k)
+        self.update_threshold(codes.vals_N)
+        y_hat_BD = ragged_decode(codes.rows_N, codes.cols_N, codes.coef_N, self.W_dec_FD, self.b_dec_D, x_BD.shape[0])
+        return self.step_output(x_BD, y_BD, y_hat_BD, fvu_and_mse(y_BD, y_hat_BD)[0], codes, state)
+
+    def step_output(
+        self, x_BD: torch.Tensor, y_BD: torch.Tensor, y_hat_BD: torch.Tensor, recon_loss: torch.Tensor,
+        codes: SparseCodes, state: dict[str, Any],
+    ) -> TrainStepOutput:
+        """``recon_loss`` + AuxK, with the logs and firing mask of ``codes``."""
+        loss = recon_loss
+        losses = {"fvu": fvu_and_mse(y_BD, y_hat_BD.detach())[0].item(), "threshold": float(self.threshold)}
+        dead_F: torch.Tensor | None = state.get("dead_F")
+        if dead_F is not None and self.cfg.aux_coef > 0 and bool(dead_F.any()):
+            total_var = (y_BD - y_BD.mean(0)).pow(2).sum()
+            auxk = self._auxk_loss(x_BD, (y_BD - y_hat_BD).detach(), dead_F, total_var, self.selection_scale())
+            loss = loss + self.cfg.aux_coef * auxk
+            losses["auxk"] = auxk.item()
+        active_N = codes.vals_N > 0
+        fired_F = torch.zeros(self.d_sae, dtype=torch.bool, device=x_BD.device)
+        fired_F[codes.cols_N[active_N]] = True
+        return TrainStepOutput(loss=loss, x_hat_BD=y_hat_BD.detach(), fired_F=fired_F,
+                               l0=active_N.sum().item() / x_BD.shape[0], losses=losses)
+
+    @torch.no_grad()
+    def update_threshold(self, vals_N: torch.Tensor) -> None:
+        """Moving average of the smallest positive selected activation (the first batch sets it)."""
+        positive = vals_N[vals_N > 0]
+        if positive.numel() == 0:
+            return
+        smallest = positive.min().to(self.threshold.dtype)
+        rate = 1.0 if int(self.threshold_updates) == 0 else self.cfg.threshold_rate
+        self.threshold.mul_(1 - rate).add_(rate * smallest)
+        self.threshold_updates += 1
+
+    def inference_form(self) -> SAE:
+        """A new JumpReLU SAE with the global threshold on every latent (decoder norms folded)."""
+        src = super().inference_form()  # a copy with folded norms under decoder_norm_selection
+        cfg = JumpReLUConfig(d_sae=self.d_sae, decoder_init_norm=self.cfg.decoder_init_norm, tied_init=self.cfg.tied_init)
+        out = JumpReLUSAE(cfg, self.d_in, self.d_out if self.is_transcoder else None).to(self.W_dec_FD)
+        out.apply_b_dec_to_input = self.apply_b_dec_to_input
+        threshold = float(self.threshold)
+        with torch.no_grad():
+            for name in ("W_enc_DF", "b_enc_F", "W_dec_FD", "b_dec_D"):
+                getattr(out, name).copy_(getattr(src, name))
+            out.log_threshold_F.fill_(math.log(threshold) if threshold > 0 else -math.inf)
+        return out
+
+    @classmethod
+    def options_from_saelens(cls, cfg: dict[str, Any]) -> dict[str, Any] | None:
+        return None  # SAELens saves BatchTopK SAEs as JumpReLU
