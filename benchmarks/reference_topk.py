@@ -51,8 +51,9 @@ def dense_topk_loss(
         aux_k = aux_k or max(1, d_in // 2)
         n_dead = int(dead_F.sum())
         k_aux = min(aux_k, n_dead)
-        masked_BF = pre_BF.masked_fill(~dead_F, float("-inf"))
-        a_vals, a_idx = masked_BF.topk(k_aux, dim=1, sorted=False)
+        dead_idx = dead_F.nonzero().squeeze(1)  # top k_aux of the dead columns (ties break as in ours)
+        a_vals, a_pos = pre_BF[:, dead_idx].topk(k_aux, dim=1, sorted=False)
+        a_idx = dead_idx[a_pos]
         aux_BF = torch.zeros(pre_BF.shape, dtype=x_BD.dtype, device=x_BD.device).scatter(1, a_idx, a_vals.to(x_BD.dtype).relu())
         err_hat_BD = aux_BF @ W_dec
         err_BD = (y_BD - y_hat_BD).detach()

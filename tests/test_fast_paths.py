@@ -61,8 +61,20 @@ CASES = [  # (architecture, dead fraction): no AuxK; few dead (< aux_k, scaled d
 ]
 
 
+@pytest.fixture(params=["auto", "all dense", "all sparse"])
+def kernels(request, monkeypatch):
+    """Each product's dense and sparse kernels (picked by density), both forced everywhere too;
+    row gathers in small chunks so the chunking is exercised."""
+    from saes.sae import sparse_ops
+
+    if request.param != "auto":
+        monkeypatch.setattr(sparse_ops, "DENSE_FRACTION", 0.0 if request.param == "all dense" else 2.0)
+    monkeypatch.setattr(sparse_ops, "GATHER_BYTES", 100 * D * 4)
+    return request.param
+
+
 @pytest.mark.parametrize("arch,dead_fraction", CASES)
-def test_fp32_loss_and_gradients_match_dense_reference(arch, dead_fraction):
+def test_fp32_loss_and_gradients_match_dense_reference(arch, dead_fraction, kernels):
     sae, dense = make_pair(arch)
     x, dead = batch(), dead_mask(dead_fraction)
     out = sae.training_forward(x, x, {"dead_F": dead})
@@ -77,7 +89,7 @@ def test_fp32_loss_and_gradients_match_dense_reference(arch, dead_fraction):
     assert_grads_close(grads(out.loss, sae), grads(loss_ref, dense), rel=2e-5)
 
 
-@pytest.mark.parametrize("arch,dead_fraction", [("topk", 0.0), ("batchtopk", 0.0)])
+@pytest.mark.parametrize("arch,dead_fraction", [("topk", 0.0), ("topk", 0.5), ("batchtopk", 0.0), ("batchtopk", 0.5)])
 def test_bf16_autocast_matches_dense_reference_loosely(arch, dead_fraction):
     sae, dense = make_pair(arch)
     x, dead = batch(), dead_mask(dead_fraction)
