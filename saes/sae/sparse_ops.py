@@ -42,17 +42,14 @@ def _densify(rows_N, cols_N, vals_N, n_rows: int, n_cols: int, dtype: torch.dtyp
     return torch.zeros(n_rows, n_cols, dtype=dtype, device=vals_N.device).index_put_((rows_N, cols_N), vals_N.to(dtype))
 
 
-def spmm_t(rows_N, cols_N, vals_N, rhs_RD: torch.Tensor, n_cols: int, transposed: bool = False) -> torch.Tensor:
-    """``S^T @ rhs`` ``[n_cols, D]`` for ``S [R, n_cols]`` with the given non-zeros; with
-    ``transposed``, ``rhs^T @ S`` ``[D, n_cols]`` (contiguous when dense)."""
+def spmm_t(rows_N, cols_N, vals_N, rhs_RD: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """``S^T @ rhs`` ``[n_cols, D]`` for ``S [R, n_cols]`` with the given non-zeros."""
     n_rows = rhs_RD.shape[0]
     if _is_dense(vals_N.numel(), n_rows, n_cols):
-        S = _densify(rows_N, cols_N, vals_N, n_rows, n_cols, rhs_RD.dtype)
-        return rhs_RD.T @ S if transposed else S.T @ rhs_RD
+        return _densify(rows_N, cols_N, vals_N, n_rows, n_cols, rhs_RD.dtype).T @ rhs_RD
     S = torch.sparse_coo_tensor(torch.stack([cols_N, rows_N]), vals_N.to(rhs_RD.dtype), (n_cols, n_rows),
                                 check_invariants=False)
-    out = torch.sparse.mm(S, rhs_RD)
-    return out.T if transposed else out
+    return torch.sparse.mm(S, rhs_RD)
 
 
 def spmm(rows_N, cols_N, vals_N, W_CD: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -94,12 +91,15 @@ class _EncodeSelected(torch.autograd.Function):
         n = _positions(subset_S, d_sae)
         g_N = (grad_N * (vals_N > 0)).to(W_enc_DF.dtype)
         grad_b_n = torch.zeros(n, dtype=g_N.dtype, device=g_N.device).index_add_(0, cols_N, g_N)
-        grad_W_Dn = spmm_t(rows_N, cols_N, g_N, x_c_BD.to(g_N.dtype), n, transposed=True)
+        # [F, D] layout whatever the kernel, returned transposed: the TopK and AuxK gradients then
+        # add up with the same strides and only the accumulated sum is laid out as W_enc [D, F]
+        grad_W_nD = spmm_t(rows_N, cols_N, g_N, x_c_BD.to(g_N.dtype), n)
         if subset_S is None:
-            grad_b_enc_F, grad_W_enc_DF = grad_b_n, grad_W_Dn
+            grad_b_enc_F, grad_W_enc_FD = grad_b_n, grad_W_nD
         else:
             grad_b_enc_F = torch.zeros(d_sae, dtype=g_N.dtype, device=g_N.device).index_copy_(0, subset_S, grad_b_n)
-            grad_W_enc_DF = torch.zeros_like(W_enc_DF).index_copy_(1, subset_S, grad_W_Dn)
+            grad_W_enc_FD = torch.zeros(d_sae, d_in, dtype=g_N.dtype, device=g_N.device).index_copy_(0, subset_S, grad_W_nD)
+        grad_W_enc_DF = grad_W_enc_FD.T
         grad_b_dec_D = -(W_enc_DF @ grad_b_enc_F) if ctx.has_b_dec else None
         return None, grad_W_enc_DF, grad_b_enc_F, grad_b_dec_D, None, None, None, None
 

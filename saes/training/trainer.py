@@ -49,12 +49,14 @@ class SAETrainer:
         groups = sae.param_groups(optimizer_cfg.lr)
         for group in groups:
             group["base_lr"] = group["lr"]
+        # fused Adam (one kernel per parameter; CPU and CUDA since torch 2.4), foreach elsewhere
+        fused = device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(
             groups,
             betas=tuple(optimizer_cfg.betas),
             eps=optimizer_cfg.eps,
-            foreach=device.type != "cuda",
-            fused=device.type == "cuda",
+            foreach=not fused,
+            fused=fused,
         )
         self.autocast("cpu")  # fails now, naming the key, if training.autocast is unknown
         self.step_count = 0
