@@ -41,6 +41,7 @@ def train_run(tokens: int, overrides: list[str], workdir: Path) -> dict:
 def forward_floor(tokens: int, overrides: list[str]) -> tuple[float, int, int]:
     """``(seconds, rows, forwards)`` of the training forwards alone."""
     sys.path.insert(0, str(REPO))
+    import saes  # noqa: F401  (before torch: the same CPU thread settings as saes.train)
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -87,7 +88,8 @@ def main() -> None:
     import torch
 
     print(f"\n{args.tokens:,} training tokens, default run{' + ' + args.overrides if overrides else ''}; "
-          f"CPU threads {torch.get_num_threads()}; load average after: {load()}\n")
+          f"CPU threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+          f"load average after: {load()}\n")
     print("| measurement | tokens/s | seconds | model forwards |")
     print("|---|---|---|---|")
     print(f"| end-to-end training (saes.train) | {train_tps:,.0f} | {metrics['train_seconds']:.1f} | {metrics['model_forwards']} |")

@@ -30,13 +30,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import saes  # noqa: E402,F401  (before torch: its CPU thread settings apply to both rows)
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from reference_topk import DenseTopKSAE  # noqa: E402
 
 from saes.sae import build  # noqa: E402
@@ -169,7 +169,8 @@ def main() -> None:
     cuda = device.type == "cuda"
     args.autocast = args.autocast or ("bfloat16" if cuda else "none")
     sizes = args.sizes or ("4096:32768:64:16384,4096:131072:64:16384" if cuda else "576:4608:32:1024")
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device) if cuda else f'CPU, {torch.get_num_threads()} threads'}; "
+    threads = f"CPU, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device) if cuda else threads}; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for spec in sizes.split(","):
         d, m, k, B = (int(v) for v in spec.split(":"))

@@ -56,7 +56,8 @@ def spmm(rows_N, cols_N, vals_N, W_CD: torch.Tensor, n_rows: int) -> torch.Tenso
     """``S @ W`` ``[n_rows, D]`` for ``S [n_rows, C]`` with the given non-zeros (rows sorted)."""
     if _is_dense(vals_N.numel(), n_rows, W_CD.shape[0]):
         return _densify(rows_N, cols_N, vals_N, n_rows, W_CD.shape[0], W_CD.dtype) @ W_CD
-    offsets = torch.searchsorted(rows_N, torch.arange(n_rows, device=rows_N.device))
+    counts = torch.bincount(rows_N, minlength=n_rows)
+    offsets = torch.cumsum(counts, 0) - counts
     return F.embedding_bag(cols_N, W_CD, offsets, mode="sum", per_sample_weights=vals_N.to(W_CD.dtype))
 
 
@@ -64,7 +65,7 @@ def sddmm(rows_N, cols_N, A_RD: torch.Tensor, W_CD: torch.Tensor) -> torch.Tenso
     """``<A[rows], W[cols]>`` for every pair, ``[N]``."""
     cpu_fraction = min(DENSE_FRACTION, SDDMM_DENSE_FRACTION_CPU) if A_RD.device.type == "cpu" else DENSE_FRACTION
     if rows_N.numel() >= cpu_fraction * A_RD.shape[0] * W_CD.shape[0]:
-        return (A_RD @ W_CD.T)[rows_N, cols_N]
+        return (A_RD @ W_CD.T).view(-1).take(rows_N * W_CD.shape[0] + cols_N)
     out = torch.empty(rows_N.numel(), dtype=torch.result_type(A_RD, W_CD), device=A_RD.device)
     step = max(1, GATHER_BYTES // (W_CD.shape[1] * W_CD.element_size()))
     for i in range(0, rows_N.numel(), step):
