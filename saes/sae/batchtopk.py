@@ -72,9 +72,14 @@ class BatchTopKSAE(TopKSAE):
         if scale_F is None:
             x_c_BD, pre_BF = pre_acts(x_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in())
             rows, cols, vals = batch_topk_select(pre_BF, n_keep, x_BD.dtype)
-            aux = self.auxk_select(x_c_BD, pre_BF, dead_F) if dead_F is not None else None
+            aux = self.auxk_codes(pre_BF, dead_F, x_BD.dtype) if dead_F is not None else None
             del pre_BF
-            vals = encode_selected(x_c_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), rows, cols, vals)
+            encoded = encode_selected(x_c_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), rows, cols, vals,
+                                      aux=aux.selection() if aux is not None else None)
+            if aux is not None:
+                vals, aux.vals_N = encoded
+            else:
+                vals = encoded
             return SparseCodes(rows, cols, vals, vals, aux)
         scaled_BF = self.pre_acts(x_BD) * scale_F
         vals, flat = scaled_BF.view(-1).topk(n_keep, sorted=False)

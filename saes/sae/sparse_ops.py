@@ -87,56 +87,92 @@ def sddmm(rows_N, cols_N, A_RD: torch.Tensor, W_CD: torch.Tensor) -> torch.Tenso
     return out
 
 
-def _positions(subset_S: torch.Tensor | None, n: int) -> int:
-    return n if subset_S is None else subset_S.numel()
+def _sum_into_full(parts: list[tuple[torch.Tensor | None, torch.Tensor]], full_rows: int) -> torch.Tensor:
+    """Sum per-selection gradients ``[n, ...]`` into one ``[full_rows, ...]`` tensor, scattering
+    those of subset selections (``subset_S`` given) into their rows, in place where possible."""
+    total = next((g for subset, g in parts if subset is None), None)
+    if total is None:
+        ref = parts[0][1]
+        total = torch.zeros(full_rows, *ref.shape[1:], dtype=ref.dtype, device=ref.device)
+    for subset, g in parts:
+        if g is total:
+            continue
+        if subset is None:
+            total += g
+        else:
+            total.index_add_(0, subset, g)
+    return total
+
+
+def _split(flat: tuple, n_fields: int) -> list[tuple]:
+    return [tuple(flat[i : i + n_fields]) for i in range(0, len(flat), n_fields)]
 
 
 class _EncodeSelected(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x_c_BD, W_enc_DF, b_enc_F, b_dec_D, rows_N, cols_N, vals_N, subset_S):  # type: ignore[override]
-        ctx.save_for_backward(x_c_BD, W_enc_DF, rows_N, cols_N, vals_N, subset_S)
-        ctx.has_b_dec = b_dec_D is not None
-        return vals_N.clone()
+    """Values of one or more selections ``(rows_N, cols_N, vals_N, subset_S)`` of the same
+    pre-activations, with one backward for all (their gradients are summed in place)."""
 
     @staticmethod
-    def backward(ctx, grad_N):  # type: ignore[override]
-        x_c_BD, W_enc_DF, rows_N, cols_N, vals_N, subset_S = ctx.saved_tensors
+    def forward(ctx, x_c_BD, W_enc_DF, b_enc_F, b_dec_D, *flat):  # type: ignore[override]
+        ctx.save_for_backward(x_c_BD, W_enc_DF, *[t for t in flat])
+        ctx.has_b_dec = b_dec_D is not None
+        return tuple(vals_N.clone() for _, _, vals_N, _ in _split(flat, 4))
+
+    @staticmethod
+    def backward(ctx, *grads_N):  # type: ignore[override]
+        x_c_BD, W_enc_DF, *flat = ctx.saved_tensors
         d_in, d_sae = W_enc_DF.shape
-        n = _positions(subset_S, d_sae)
-        g_N = (grad_N * (vals_N > 0)).to(W_enc_DF.dtype)
-        grad_b_n = torch.zeros(n, dtype=g_N.dtype, device=g_N.device).index_add_(0, cols_N, g_N)
-        # [F, D] layout whatever the kernel, returned transposed: the TopK and AuxK gradients then
-        # add up with the same strides and only the accumulated sum is laid out as W_enc [D, F]
-        grad_W_nD = spmm_t(rows_N, cols_N, g_N, x_c_BD.to(g_N.dtype), n)
-        if subset_S is None:
-            grad_b_enc_F, grad_W_enc_FD = grad_b_n, grad_W_nD
-        else:
-            grad_b_enc_F = torch.zeros(d_sae, dtype=g_N.dtype, device=g_N.device).index_copy_(0, subset_S, grad_b_n)
-            grad_W_enc_FD = torch.zeros(d_sae, d_in, dtype=g_N.dtype, device=g_N.device).index_copy_(0, subset_S, grad_W_nD)
-        grad_W_enc_DF = grad_W_enc_FD.T
+        x_c = x_c_BD.to(W_enc_DF.dtype)
+        grads_b, grads_W = [], []
+        for (rows_N, cols_N, vals_N, subset_S), grad_N in zip(_split(flat, 4), grads_N):
+            if grad_N is None:
+                continue
+            n = d_sae if subset_S is None else subset_S.numel()
+            g_N = (grad_N * (vals_N > 0)).to(W_enc_DF.dtype)
+            grads_b.append((subset_S, torch.zeros(n, dtype=g_N.dtype, device=g_N.device).index_add_(0, cols_N, g_N)))
+            grads_W.append((subset_S, spmm_t(rows_N, cols_N, g_N, x_c, n)))
+        if not grads_b:
+            return (None,) * (4 + len(flat))
+        grad_b_enc_F = _sum_into_full(grads_b, d_sae)
+        # computed as [F, D] whatever the kernel and returned transposed: only the accumulated
+        # gradient is laid out as W_enc [D, F] (one copy, by autograd)
+        grad_W_enc_DF = _sum_into_full(grads_W, d_sae).T
         grad_b_dec_D = -(W_enc_DF @ grad_b_enc_F) if ctx.has_b_dec else None
-        return None, grad_W_enc_DF, grad_b_enc_F, grad_b_dec_D, None, None, None, None
+        return (None, grad_W_enc_DF, grad_b_enc_F, grad_b_dec_D, *[None] * len(flat))
 
 
 class _DecodeSelected(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rows_N, cols_N, coef_N, W_dec_FD, n_rows: int, subset_S):  # type: ignore[override]
-        W_CD = W_dec_FD if subset_S is None else W_dec_FD.index_select(0, subset_S)
-        ctx.save_for_backward(rows_N, cols_N, coef_N, W_CD, subset_S)
-        ctx.n_rows, ctx.d_sae = n_rows, W_dec_FD.shape[0]
-        return spmm(rows_N, cols_N, coef_N, W_CD, n_rows)
+    """``[n_rows, D]`` decodes of one or more selections ``(rows_N, cols_N, coef_N, subset_S)``
+    through the same decoder, with one backward for all."""
 
     @staticmethod
-    def backward(ctx, grad_RD):  # type: ignore[override]
-        rows_N, cols_N, coef_N, W_CD, subset_S = ctx.saved_tensors
-        grad_RD = grad_RD.contiguous()
-        grad_coef_N = sddmm(rows_N, cols_N, grad_RD.to(W_CD.dtype), W_CD).to(coef_N.dtype) if ctx.needs_input_grad[2] else None
-        grad_W = None
-        if ctx.needs_input_grad[3]:
-            grad_W = spmm_t(rows_N, cols_N, coef_N.to(W_CD.dtype), grad_RD.to(W_CD.dtype), W_CD.shape[0])
-            if subset_S is not None:
-                grad_W = torch.zeros(ctx.d_sae, W_CD.shape[1], dtype=grad_W.dtype, device=grad_W.device).index_copy_(0, subset_S, grad_W)
-        return None, None, grad_coef_N, grad_W, None, None
+    def forward(ctx, W_dec_FD, n_rows: int, *flat):  # type: ignore[override]
+        outs, saved = [], []
+        for rows_N, cols_N, coef_N, subset_S in _split(flat, 4):
+            W_CD = W_dec_FD if subset_S is None else W_dec_FD.index_select(0, subset_S)
+            outs.append(spmm(rows_N, cols_N, coef_N, W_CD, n_rows))
+            saved += [rows_N, cols_N, coef_N, subset_S, W_CD]
+        ctx.save_for_backward(*saved)
+        ctx.d_sae = W_dec_FD.shape[0]
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads_RD):  # type: ignore[override]
+        parts = _split(ctx.saved_tensors, 5)
+        grads_coef, grads_W = [], []
+        for (rows_N, cols_N, coef_N, subset_S, W_CD), grad_RD in zip(parts, grads_RD):
+            if grad_RD is None:
+                grads_coef.append(None)
+                continue
+            grad_RD = grad_RD.contiguous().to(W_CD.dtype)
+            grads_coef.append(sddmm(rows_N, cols_N, grad_RD, W_CD).to(coef_N.dtype))
+            if ctx.needs_input_grad[0]:
+                grads_W.append((subset_S, spmm_t(rows_N, cols_N, coef_N.to(W_CD.dtype), grad_RD, W_CD.shape[0])))
+        grad_W = _sum_into_full(grads_W, ctx.d_sae) if grads_W else None
+        out = [grad_W, None]
+        for g in grads_coef:
+            out += [None, None, g, None]
+        return tuple(out)
 
 
 @torch.no_grad()
@@ -150,16 +186,22 @@ def pre_acts(x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, 
     return x_c_BD, torch.addmm(b_enc_F, x_c_BD, W_enc_DF)
 
 
-def encode_selected(x_c_BD, W_enc_DF, b_enc_F, b_dec_D, rows_N, cols_N, vals_N, subset_S=None) -> torch.Tensor:
+def encode_selected(x_c_BD, W_enc_DF, b_enc_F, b_dec_D, rows_N, cols_N, vals_N, subset_S=None, aux=None):
     """``vals_N`` (``relu`` of the selected pre-activations, computed by the caller) with gradients
-    to the encoder through those entries only. ``cols_N`` index ``subset_S`` when given."""
-    return _EncodeSelected.apply(x_c_BD, W_enc_DF, b_enc_F, b_dec_D, rows_N, cols_N, vals_N, subset_S)
+    to the encoder through those entries only. ``cols_N`` index ``subset_S`` when given. With
+    ``aux = (rows, cols, vals, subset)``, a second selection (AuxK's): returns both value tensors,
+    their encoder gradients summed in one backward."""
+    flat = (rows_N, cols_N, vals_N, subset_S, *(aux or ()))
+    out = _EncodeSelected.apply(x_c_BD, W_enc_DF, b_enc_F, b_dec_D, *flat)
+    return out if aux is not None else out[0]
 
 
-def decode_selected(rows_N, cols_N, coef_N, W_dec_FD, n_rows: int, subset_S=None) -> torch.Tensor:
+def decode_selected(rows_N, cols_N, coef_N, W_dec_FD, n_rows: int, subset_S=None, aux=None):
     """``[n_rows, D]``: ``sum coef * W_dec[cols]`` per row (no bias); ``cols_N`` index ``subset_S``
-    when given; rows sorted."""
-    return _DecodeSelected.apply(rows_N, cols_N, coef_N, W_dec_FD, n_rows, subset_S)
+    when given; rows sorted. With ``aux = (rows, cols, coef, subset)``: both decodes, one backward."""
+    flat = (rows_N, cols_N, coef_N, subset_S, *(aux or ()))
+    out = _DecodeSelected.apply(W_dec_FD, n_rows, *flat)
+    return out if aux is not None else out[0]
 
 
 def topk_select(pre_BF: torch.Tensor, k: int, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -216,10 +258,9 @@ def ragged_decode(
     return decode_selected(rows_N, cols_N, vals_N, W_dec_FD, n_rows) + b_dec_D
 
 
-def auxk_codes(x_c_BD, pre_BF, W_enc_DF, b_enc_F, b_dec_D, dead_idx_S: torch.Tensor, k_aux: int, out_dtype: torch.dtype
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def auxk_select(pre_BF: torch.Tensor, dead_idx_S: torch.Tensor, k_aux: int, out_dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """AuxK's ``(rows_N, pos_N, vals_N)``: the ``k_aux`` largest pre-activations per row among the
-    latents ``dead_idx_S`` (``pos`` indexes it), from the step's shared pre-activations, with
-    gradients to the encoder."""
-    rows_N, pos_N, vals_N = topk_select(pre_BF[:, dead_idx_S], k_aux, out_dtype)
-    return rows_N, pos_N, encode_selected(x_c_BD, W_enc_DF, b_enc_F, b_dec_D, rows_N, pos_N, vals_N, dead_idx_S)
+    latents ``dead_idx_S`` (``pos`` indexes it), from the step's shared pre-activations, ReLU
+    applied (pass them to ``encode_selected(..., aux=(rows, pos, vals, dead_idx_S))``)."""
+    return topk_select(pre_BF[:, dead_idx_S], k_aux, out_dtype)

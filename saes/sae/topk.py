@@ -23,7 +23,7 @@ import torch
 from saes.errors import ConfigError
 from saes.sae.base import SAE, SAEConfig, TrainStepOutput, fvu_and_mse
 from saes.sae.registry import register
-from saes.sae.sparse_ops import auxk_codes, decode_selected, encode_selected, pre_acts, sparse_decode, topk_select
+from saes.sae.sparse_ops import auxk_select, decode_selected, encode_selected, pre_acts, sparse_decode, topk_select
 
 
 @dataclass
@@ -35,6 +35,9 @@ class AuxCodes:
     vals_N: torch.Tensor
     dead_idx_S: torch.Tensor
     n_rows: int
+
+    def selection(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.rows_N, self.pos_N, self.vals_N, self.dead_idx_S
 
 
 @dataclass
@@ -110,10 +113,18 @@ class TopKSAE(SAE):
             x_c_BD, pre_BF = pre_acts(x_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in())
             rows_N, cols_N, vals_N = topk_select(pre_BF, k, x_BD.dtype)
             if use_aux:  # AuxK selects from the same pre-activations (dead latents only)
-                aux = self.auxk_select(x_c_BD, pre_BF, dead_F)
+                aux = self.auxk_codes(pre_BF, dead_F, x_BD.dtype)
             del pre_BF  # no [B, F] buffer outlives the selection
-            vals_N = encode_selected(x_c_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), rows_N, cols_N, vals_N)
-            y_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FD, x_BD.shape[0]) + self.b_dec_D
+            # TopK and AuxK codes go through one encode and one decode (one backward each)
+            encoded = encode_selected(x_c_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), rows_N, cols_N, vals_N,
+                                      aux=aux.selection() if aux is not None else None)
+            if aux is not None:
+                vals_N, aux.vals_N = encoded
+                y_hat_BD, err_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FD, x_BD.shape[0], aux=aux.selection())
+            else:
+                vals_N = encoded
+                y_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FD, x_BD.shape[0])
+            y_hat_BD = y_hat_BD + self.b_dec_D
         else:  # selection on pre * ||W_dec||: dense autograd through the norms
             vals_BK, idx_BK = (self.pre_acts(x_BD) * scale_F).topk(k, dim=1, sorted=False)
             vals_BK = vals_BK.clamp_min(0)
@@ -128,7 +139,7 @@ class TopKSAE(SAE):
             total_var = (y_BD - y_BD.mean(0)).pow(2).sum()
             err_BD = (y_BD - y_hat_BD).detach()
             if aux is not None:
-                auxk = self.auxk_from_codes(aux, err_BD, total_var)
+                auxk = self.auxk_from_codes(aux, err_BD, total_var, err_hat_BD)
             else:
                 auxk = self._auxk_loss(x_BD, err_BD, dead_F, total_var, scale_F)
             loss = loss + self.cfg.aux_coef * auxk
@@ -144,17 +155,19 @@ class TopKSAE(SAE):
             losses=losses,
         )
 
-    def auxk_select(self, x_c_BD: torch.Tensor, pre_BF: torch.Tensor, dead_F: torch.Tensor) -> AuxCodes:
-        """AuxK's codes: the top ``aux_k`` dead latents per token from the step's pre-activations."""
+    def auxk_codes(self, pre_BF: torch.Tensor, dead_F: torch.Tensor, dtype: torch.dtype) -> AuxCodes:
+        """AuxK's selection (no gradient yet): the top ``aux_k`` dead latents per token from the
+        step's pre-activations; ``encode_selected(..., aux=codes.selection())`` encodes it."""
         dead_idx = dead_F.nonzero().squeeze(1)
-        k_aux = min(self.aux_k, dead_idx.numel())
-        rows, pos, vals = auxk_codes(x_c_BD, pre_BF, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), dead_idx, k_aux,
-                                     x_c_BD.dtype)
-        return AuxCodes(rows, pos, vals, dead_idx, x_c_BD.shape[0])
+        rows, pos, vals = auxk_select(pre_BF, dead_idx, min(self.aux_k, dead_idx.numel()), dtype)
+        return AuxCodes(rows, pos, vals, dead_idx, pre_BF.shape[0])
 
-    def auxk_from_codes(self, aux: AuxCodes, err_BD: torch.Tensor, total_var: torch.Tensor) -> torch.Tensor:
-        """The AuxK loss of ``auxk_select``'s codes (the math of ``_auxk_loss``)."""
-        err_hat_BD = decode_selected(aux.rows_N, aux.pos_N, aux.vals_N, self.W_dec_FD, aux.n_rows, aux.dead_idx_S)
+    def auxk_from_codes(self, aux: AuxCodes, err_BD: torch.Tensor, total_var: torch.Tensor,
+                        err_hat_BD: torch.Tensor | None = None) -> torch.Tensor:
+        """The AuxK loss of encoded ``auxk_codes`` (the math of ``_auxk_loss``); ``err_hat_BD``:
+        their decode if already done."""
+        if err_hat_BD is None:
+            err_hat_BD = decode_selected(*aux.selection()[:3], self.W_dec_FD, aux.n_rows, aux.dead_idx_S)
         scale = min(aux.dead_idx_S.numel() / self.aux_k, 1.0)
         return scale * (err_hat_BD.float() - err_BD.float()).pow(2).sum() / total_var
 
