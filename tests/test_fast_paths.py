@@ -69,8 +69,8 @@ def kernels(request, monkeypatch):
 
     if request.param != "auto":
         monkeypatch.setattr(sparse_ops, "DENSE_FRACTION", 0.0 if request.param == "all dense" else 2.0)
-    if request.param == "all sparse":  # the row-gather sddmm used off CPU
-        monkeypatch.setattr(sparse_ops, "SAMPLED_ADDMM_CPU", False)
+    if request.param == "all sparse":  # the COO / row-gather kernels used off CPU
+        monkeypatch.setattr(sparse_ops, "CPU_CSR_KERNELS", False)
     monkeypatch.setattr(sparse_ops, "GATHER_BYTES", 100 * D * 4)
     return request.param
 

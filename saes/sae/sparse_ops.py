@@ -30,8 +30,9 @@ import torch.nn.functional as F
 
 DENSE_FRACTION = 1 / 16
 """Selections denser than this (non-zeros / block size) use dense matmuls."""
-SAMPLED_ADDMM_CPU = True
-"""On CPU, sparse ``sddmm`` runs ``torch.sparse.sampled_addmm`` (else chunked row gathers)."""
+CPU_CSR_KERNELS = True
+"""On CPU, sparse products run on CSR tensors (``sampled_addmm`` for ``sddmm``, a transposed CSR
+for ``spmm_t``); elsewhere (or when False) COO ``torch.sparse.mm`` and chunked row gathers."""
 GATHER_BYTES = 32 * 2**20
 """Row gathers are done in chunks of at most this many bytes."""
 
@@ -49,6 +50,9 @@ def spmm_t(rows_N, cols_N, vals_N, rhs_RD: torch.Tensor, n_cols: int) -> torch.T
     n_rows = rhs_RD.shape[0]
     if _is_dense(vals_N.numel(), n_rows, n_cols):
         return _densify(rows_N, cols_N, vals_N, n_rows, n_cols, rhs_RD.dtype).T @ rhs_RD
+    if rhs_RD.device.type == "cpu" and CPU_CSR_KERNELS:  # CSR of S (rows sorted), transposed: no sort, one output pass
+        S = _csr(rows_N, cols_N, vals_N.to(rhs_RD.dtype), n_rows, n_cols)
+        return torch.sparse.mm(S.t(), rhs_RD)
     S = torch.sparse_coo_tensor(torch.stack([cols_N, rows_N]), vals_N.to(rhs_RD.dtype), (n_cols, n_rows),
                                 check_invariants=False)
     return torch.sparse.mm(S, rhs_RD)
@@ -68,16 +72,20 @@ def _row_offsets(rows_N: torch.Tensor, n_rows: int) -> torch.Tensor:
     return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
 
 
+def _csr(rows_N, cols_N, vals_N, n_rows: int, n_cols: int) -> torch.Tensor:
+    """``[n_rows, n_cols]`` CSR tensor of entries sorted by row."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(_row_offsets(rows_N, n_rows), cols_N, vals_N, (n_rows, n_cols), check_invariants=False)
+
+
 def sddmm(rows_N, cols_N, A_RD: torch.Tensor, W_CD: torch.Tensor) -> torch.Tensor:
     """``<A[rows], W[cols]>`` for every pair, ``[N]`` (rows sorted)."""
     n_rows, n_cols = A_RD.shape[0], W_CD.shape[0]
     if _is_dense(rows_N.numel(), n_rows, n_cols):
         return (A_RD @ W_CD.T).view(-1).take(rows_N * n_cols + cols_N)
-    if A_RD.device.type == "cpu" and SAMPLED_ADDMM_CPU:  # ~7x faster than the dense product at d 576, m 4608, k 32
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            S = torch.sparse_csr_tensor(_row_offsets(rows_N, n_rows), cols_N, A_RD.new_zeros(rows_N.numel()),
-                                        (n_rows, n_cols), check_invariants=False)
+    if A_RD.device.type == "cpu" and CPU_CSR_KERNELS:  # ~7x faster than the dense product at d 576, m 4608, k 32
+        S = _csr(rows_N, cols_N, A_RD.new_zeros(rows_N.numel()), n_rows, n_cols)
         return torch.sparse.sampled_addmm(S, A_RD, W_CD.T, beta=0.0).values()
     out = torch.empty(rows_N.numel(), dtype=torch.result_type(A_RD, W_CD), device=A_RD.device)
     step = max(1, GATHER_BYTES // (W_CD.shape[1] * W_CD.element_size()))
