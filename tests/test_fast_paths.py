@@ -146,3 +146,21 @@ def test_whole_trainer_steps_match_reference_steps(arch):
         for name in NAMES:
             torch.testing.assert_close(getattr(sae, name).detach(), getattr(dense, name).detach(), rtol=1e-4, atol=1e-5,
                                        msg=lambda m: f"step {step} {name}: {m}")
+
+
+@pytest.mark.parametrize("scale", [0.01, 10.0])
+def test_clip_grad_norm_is_torchs_bit_for_bit(scale):
+    """The trainer's clipping (no rescale pass when under the limit) = torch.nn.utils.clip_grad_norm_."""
+    from saes.training.trainer import clip_grad_norm
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(40, 30, generator=g)) for _ in range(3)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for p, q in zip(ours, theirs):
+        p.grad = scale * torch.randn(40, 30, generator=g)
+        q.grad = p.grad.clone()
+    clip_grad_norm(ours, 1.0)
+    torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p.grad, q.grad)
+    assert (scale > 1) == (torch.stack([p.grad.norm() for p in ours]).norm() < 1.0001)
