@@ -9,7 +9,8 @@
    here to save time: training.eval_tokens / ce_tokens do not touch training).
 2. In this process: the same model, corpus, hook and ``ActivationSource`` (the forward stops after
    block 3) run over the same training contexts, 32 per forward, until as many activation rows were
-   made: the floor of on-the-fly training (every SAE step hidden).
+   made: the floor of on-the-fly training (every SAE step hidden). Measured just before and just
+   after the training run, and averaged.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def train_run(tokens: int, overrides: list[str], workdir: Path) -> dict:
     return json.loads(sorted(run_dir.glob("**/metrics.json"))[0].read_text())
 
 
-def forward_floor(tokens: int, overrides: list[str]) -> tuple[float, int, int]:
-    """``(seconds, rows, forwards)`` of the training forwards alone."""
+def forward_floor(tokens: int, overrides: list[str]):
+    """A function measuring ``(seconds, rows, forwards)`` of the training forwards alone (the model
+    is loaded once, here)."""
     sys.path.insert(0, str(REPO))
     import saes  # noqa: F401  (before torch: the same CPU thread settings as saes.train)
     import torch
@@ -63,14 +65,18 @@ def forward_floor(tokens: int, overrides: list[str]) -> tuple[float, int, int]:
                               device=resolve_device(cfg.device))
     contexts = (c for _, c in corpus.train_contexts())
     source(torch.stack([next(contexts) for _ in range(2)]))  # warm-up, not counted
-    contexts = (c for _, c in corpus.train_contexts())
-    rows = forwards = 0
-    start = time.perf_counter()
-    while rows < tokens:
-        acts = source(torch.stack([next(contexts) for _ in range(cfg.activations.batch_contexts)]))
-        rows += next(iter(acts.values())).shape[0]
-        forwards += 1
-    return time.perf_counter() - start, rows, forwards
+
+    def measure() -> tuple[float, int, int]:
+        contexts = (c for _, c in corpus.train_contexts())
+        rows = forwards = 0
+        start = time.perf_counter()
+        while rows < tokens:
+            acts = source(torch.stack([next(contexts) for _ in range(cfg.activations.batch_contexts)]))
+            rows += next(iter(acts.values())).shape[0]
+            forwards += 1
+        return time.perf_counter() - start, rows, forwards
+
+    return measure
 
 
 def main() -> None:
@@ -81,9 +87,12 @@ def main() -> None:
     overrides = args.overrides.split()
     load = lambda: " ".join(f"{v:.2f}" for v in os.getloadavg())  # noqa: E731
     print(f"load average before: {load()}")
+    measure_floor = forward_floor(args.tokens, overrides)
+    before = measure_floor()
     with tempfile.TemporaryDirectory() as tmp:
         metrics = train_run(args.tokens, overrides, Path(tmp))
-    seconds, rows, forwards = forward_floor(args.tokens, overrides)
+    after = measure_floor()  # the floor before and after the run, averaged (the machine's load drifts)
+    seconds, rows, forwards = (before[0] + after[0]) / 2, before[1], before[2]
     train_tps, floor_tps = metrics["train_tokens_per_second"], rows / seconds
     import torch
 

@@ -92,18 +92,21 @@ def step_peak_bytes(step, device: torch.device) -> int | None:
         return None
 
 
-def time_steps(step, device: torch.device, steps: int, warmup: int) -> float:
-    """Median seconds per step."""
+def time_steps(steps_by_name: dict, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each function, their steps interleaved (a shared machine's load
+    drifts: interleaving gives every row the same conditions)."""
     for _ in range(warmup):
-        step()
-    times = []
+        for step in steps_by_name.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for _ in range(steps):
-        sync(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, step in steps_by_name.items():
+            sync(device)
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_size(d: int, m: int, k: int, B: int, args, device: torch.device) -> list[tuple[str, float, float | None]]:
@@ -140,11 +143,9 @@ def bench_size(d: int, m: int, k: int, B: int, args, device: torch.device) -> li
         dense.step(adam, xs[counter["i"] % len(xs)], dead_F, grad_clip=1.0, autocast_dtype=dtype)
         counter["i"] += 1
 
-    rows = []
-    for name, fn in (("ours", ours), ("dense reference", reference)):
-        seconds = time_steps(fn, device, args.steps, args.warmup)
-        rows.append((name, seconds, step_peak_bytes(fn, device)))
-        del fn
+    fns = {"ours": ours, "dense reference": reference}
+    seconds = time_steps(fns, device, args.steps, args.warmup)
+    rows = [(name, seconds[name], step_peak_bytes(fn, device)) for name, fn in fns.items()]
     rate = matmul_rate(B, d, m, device, dtype or torch.float32, reps=max(5, args.steps))
     flops = B * (2 * d * m + 8 * d * k + (8 * d * k_aux if args.dead > 0 else 0))
     rows.append((f"floor ({rate / 1e12:.2f} TFLOP/s matmul)", flops / rate, None))
