@@ -14,9 +14,9 @@ way (no per-sample sorting, no ``[N, D]`` buffers beyond a bounded chunk).
 
 Each product picks its kernel by density: a selection filling at least ``DENSE_FRACTION`` of its
 ``[rows, latents]`` block (e.g. AuxK over the dead latents) runs as a dense matmul of that
-block; sparser ones run ``torch.sparse.mm`` / ``embedding_bag`` / ``sampled_addmm`` (CPU) or
-chunked row gathers (elsewhere). Both give
-the same values up to float rounding (tests/test_fast_paths.py pins them to a dense reference).
+block; sparser ones run ``embedding_bag`` and, on CPU, CSR ``torch.sparse.mm`` and
+``sampled_addmm`` (COO ``torch.sparse.mm`` and chunked row gathers elsewhere). All give the same
+values up to float rounding (tests/test_fast_paths.py pins each to a dense reference).
 Under autocast the encoder matmul and top-k run in the autocast dtype; values are returned in the
 input's dtype and gradients are computed in float32 (the weights' dtype).
 """
