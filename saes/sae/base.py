@@ -170,7 +170,7 @@ class SAE(nn.Module):
         g = self.W_dec_FD.grad
         if self.unit_norm_decoder and g is not None:
             w = self.W_dec_FD
-            g -= (g * w).sum(dim=1, keepdim=True) * w
+            g.addcmul_(w, torch.linalg.vecdot(g, w, dim=1).unsqueeze(1), value=-1)  # g -= <g, w> w, no [F, D] temporaries
 
     @torch.no_grad()
     def after_step(self) -> None:

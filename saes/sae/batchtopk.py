@@ -20,8 +20,8 @@ from saes.errors import ConfigError
 from saes.sae.base import SAE, TrainStepOutput, fvu_and_mse
 from saes.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from saes.sae.registry import register
-from saes.sae.sparse_ops import batch_topk_encode, ragged_decode
-from saes.sae.topk import TopKConfig, TopKSAE, annealed_k
+from saes.sae.sparse_ops import batch_topk_select, encode_selected, pre_acts, ragged_decode
+from saes.sae.topk import AuxCodes, TopKConfig, TopKSAE, annealed_k
 
 
 @dataclass
@@ -41,6 +41,8 @@ class SparseCodes:
     cols_N: torch.Tensor
     vals_N: torch.Tensor
     coef_N: torch.Tensor
+    aux: AuxCodes | None = None
+    """AuxK's codes, selected from the same pre-activations (fast path only)."""
 
 
 @register("batchtopk")
@@ -62,13 +64,23 @@ class BatchTopKSAE(TopKSAE):
             pre_BF = pre_BF * scale_F
         return pre_BF * (pre_BF > self.threshold.to(pre_BF.dtype))
 
-    def batch_codes(self, x_BD: torch.Tensor, k: int) -> SparseCodes:
-        """The top ``k * B`` activations of the batch."""
+    def batch_codes(self, x_BD: torch.Tensor, k: int, dead_F: torch.Tensor | None = None) -> SparseCodes:
+        """The top ``k * B`` activations of the batch (with AuxK's codes when ``dead_F`` is given
+        and the fast path applies)."""
         n_keep = k * x_BD.shape[0]
         scale_F = self.selection_scale()
         if scale_F is None:
-            rows, cols, vals = batch_topk_encode(x_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), n_keep)
-            return SparseCodes(rows, cols, vals, vals)
+            x_c_BD, pre_BF = pre_acts(x_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in())
+            rows, cols, vals = batch_topk_select(pre_BF, n_keep, x_BD.dtype)
+            aux = self.auxk_codes(pre_BF, dead_F, x_BD.dtype) if dead_F is not None else None
+            del pre_BF
+            encoded = encode_selected(x_c_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), rows, cols, vals,
+                                      aux=aux.selection() if aux is not None else None)
+            if aux is not None:
+                vals, aux.vals_N = encoded
+            else:
+                vals = encoded
+            return SparseCodes(rows, cols, vals, vals, aux)
         scaled_BF = self.pre_acts(x_BD) * scale_F
         vals, flat = scaled_BF.view(-1).topk(n_keep, sorted=False)
         flat, order = flat.sort()
@@ -78,7 +90,7 @@ class BatchTopKSAE(TopKSAE):
 
     def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
         k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, state.get("progress", 1.0))
-        codes = self.batch_codes(x_BD, k)
+        codes = self.batch_codes(x_BD, k, self.aux_dead(state))
         self.update_threshold(codes.vals_N)
         y_hat_BD = ragged_decode(codes.rows_N, codes.cols_N, codes.coef_N, self.W_dec_FD, self.b_dec_D, x_BD.shape[0])
         return self.step_output(x_BD, y_BD, y_hat_BD, fvu_and_mse(y_BD, y_hat_BD)[0], codes, state)
@@ -93,7 +105,11 @@ class BatchTopKSAE(TopKSAE):
         dead_F: torch.Tensor | None = state.get("dead_F")
         if dead_F is not None and self.cfg.aux_coef > 0 and bool(dead_F.any()):
             total_var = (y_BD - y_BD.mean(0)).pow(2).sum()
-            auxk = self._auxk_loss(x_BD, (y_BD - y_hat_BD).detach(), dead_F, total_var, self.selection_scale())
+            err_BD = (y_BD - y_hat_BD).detach()
+            if codes.aux is not None:
+                auxk = self.auxk_from_codes(codes.aux, err_BD, total_var)
+            else:
+                auxk = self._auxk_loss(x_BD, err_BD, dead_F, total_var, self.selection_scale())
             loss = loss + self.cfg.aux_coef * auxk
             losses["auxk"] = auxk.item()
         active_N = codes.vals_N > 0
@@ -101,6 +117,11 @@ class BatchTopKSAE(TopKSAE):
         fired_F[codes.cols_N[active_N]] = True
         return TrainStepOutput(loss=loss, x_hat_BD=y_hat_BD.detach(), fired_F=fired_F,
                                l0=active_N.sum().item() / x_BD.shape[0], losses=losses)
+
+    def aux_dead(self, state: dict[str, Any]) -> torch.Tensor | None:
+        """``dead_F`` when this step has an AuxK term, else None."""
+        dead_F = state.get("dead_F")
+        return dead_F if dead_F is not None and self.cfg.aux_coef > 0 and bool(dead_F.any()) else None
 
     @torch.no_grad()
     def update_threshold(self, vals_N: torch.Tensor) -> None:

@@ -48,7 +48,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
 
     def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
         k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, state.get("progress", 1.0))
-        codes = self.batch_codes(x_BD, k)
+        codes = self.batch_codes(x_BD, k, self.aux_dead(state))
         self.update_threshold(codes.vals_N)
         prefix_fvus = []
         y_hat_BD = self.b_dec_D.expand(x_BD.shape[0], -1)

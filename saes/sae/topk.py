@@ -23,7 +23,21 @@ import torch
 from saes.errors import ConfigError
 from saes.sae.base import SAE, SAEConfig, TrainStepOutput, fvu_and_mse
 from saes.sae.registry import register
-from saes.sae.sparse_ops import sparse_decode, topk_encode
+from saes.sae.sparse_ops import auxk_select, decode_selected, encode_selected, pre_acts, sparse_decode, topk_select
+
+
+@dataclass
+class AuxCodes:
+    """AuxK's selection: ``vals_N`` at ``(rows_N, dead_idx_S[pos_N])``, ``k_aux`` per token."""
+
+    rows_N: torch.Tensor
+    pos_N: torch.Tensor
+    vals_N: torch.Tensor
+    dead_idx_S: torch.Tensor
+    n_rows: int
+
+    def selection(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.rows_N, self.pos_N, self.vals_N, self.dead_idx_S
 
 
 @dataclass
@@ -92,35 +106,70 @@ class TopKSAE(SAE):
     def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
         k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, state.get("progress", 1.0))
         scale_F = self.selection_scale()
-        if scale_F is None:  # the fast path: k-sparse backward
-            vals_BK, idx_BK = topk_encode(x_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), k)
-            coef_BK = vals_BK
+        dead_F: torch.Tensor | None = state.get("dead_F")
+        use_aux = dead_F is not None and self.cfg.aux_coef > 0 and bool(dead_F.any())
+        aux = None
+        if scale_F is None:  # the fast path: one shared pre-activation matmul, sparse backward
+            x_c_BD, pre_BF = pre_acts(x_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in())
+            rows_N, cols_N, vals_N = topk_select(pre_BF, k, x_BD.dtype)
+            if use_aux:  # AuxK selects from the same pre-activations (dead latents only)
+                aux = self.auxk_codes(pre_BF, dead_F, x_BD.dtype)
+            del pre_BF  # no [B, F] buffer outlives the selection
+            # TopK and AuxK codes go through one encode and one decode (one backward each)
+            encoded = encode_selected(x_c_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in(), rows_N, cols_N, vals_N,
+                                      aux=aux.selection() if aux is not None else None)
+            if aux is not None:
+                vals_N, aux.vals_N = encoded
+                y_hat_BD, err_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FD, x_BD.shape[0], aux=aux.selection())
+            else:
+                vals_N = encoded
+                y_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FD, x_BD.shape[0])
+            y_hat_BD = y_hat_BD + self.b_dec_D
         else:  # selection on pre * ||W_dec||: dense autograd through the norms
             vals_BK, idx_BK = (self.pre_acts(x_BD) * scale_F).topk(k, dim=1, sorted=False)
             vals_BK = vals_BK.clamp_min(0)
-            coef_BK = vals_BK / scale_F[idx_BK]
-        y_hat_BD = sparse_decode(idx_BK, coef_BK, self.W_dec_FD, self.b_dec_D)
+            y_hat_BD = sparse_decode(idx_BK, vals_BK / scale_F[idx_BK], self.W_dec_FD, self.b_dec_D)
+            vals_N, cols_N = vals_BK.reshape(-1), idx_BK.reshape(-1)
         fvu, _ = fvu_and_mse(y_BD, y_hat_BD)
         loss = fvu
         losses = {"fvu": fvu.item()}
         if self.cfg.k_start is not None:
             losses["k"] = float(k)
-        dead_F: torch.Tensor | None = state.get("dead_F")
-        if dead_F is not None and self.cfg.aux_coef > 0 and bool(dead_F.any()):
+        if use_aux:
             total_var = (y_BD - y_BD.mean(0)).pow(2).sum()
-            auxk = self._auxk_loss(x_BD, (y_BD - y_hat_BD).detach(), dead_F, total_var, scale_F)
+            err_BD = (y_BD - y_hat_BD).detach()
+            if aux is not None:
+                auxk = self.auxk_from_codes(aux, err_BD, total_var, err_hat_BD)
+            else:
+                auxk = self._auxk_loss(x_BD, err_BD, dead_F, total_var, scale_F)
             loss = loss + self.cfg.aux_coef * auxk
             losses["auxk"] = auxk.item()
-        active = vals_BK > 0
+        active_N = vals_N > 0
         fired_F = torch.zeros(self.d_sae, dtype=torch.bool, device=x_BD.device)
-        fired_F[idx_BK[active]] = True
+        fired_F[cols_N[active_N]] = True
         return TrainStepOutput(
             loss=loss,
             x_hat_BD=y_hat_BD.detach(),
             fired_F=fired_F,
-            l0=active.sum().item() / x_BD.shape[0],
+            l0=active_N.sum().item() / x_BD.shape[0],
             losses=losses,
         )
+
+    def auxk_codes(self, pre_BF: torch.Tensor, dead_F: torch.Tensor, dtype: torch.dtype) -> AuxCodes:
+        """AuxK's selection (no gradient yet): the top ``aux_k`` dead latents per token from the
+        step's pre-activations; ``encode_selected(..., aux=codes.selection())`` encodes it."""
+        dead_idx = dead_F.nonzero().squeeze(1)
+        rows, pos, vals = auxk_select(pre_BF, dead_idx, min(self.aux_k, dead_idx.numel()), dtype)
+        return AuxCodes(rows, pos, vals, dead_idx, pre_BF.shape[0])
+
+    def auxk_from_codes(self, aux: AuxCodes, err_BD: torch.Tensor, total_var: torch.Tensor,
+                        err_hat_BD: torch.Tensor | None = None) -> torch.Tensor:
+        """The AuxK loss of encoded ``auxk_codes`` (the math of ``_auxk_loss``); ``err_hat_BD``:
+        their decode if already done."""
+        if err_hat_BD is None:
+            err_hat_BD = decode_selected(*aux.selection()[:3], self.W_dec_FD, aux.n_rows, aux.dead_idx_S)
+        scale = min(aux.dead_idx_S.numel() / self.aux_k, 1.0)
+        return scale * (err_hat_BD.float() - err_BD.float()).pow(2).sum() / total_var
 
     def _auxk_loss(
         self, x_BD: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor, total_var: torch.Tensor,

@@ -32,6 +32,23 @@ def geometric_median(x_ND: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> 
     return median
 
 
+def clip_grad_norm(params, max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` (same norm, same coefficient), except that on CPU the
+    gradients are only rescaled when the norm exceeds ``max_norm``: otherwise torch multiplies
+    them by exactly 1.0, a full pass over every gradient (on GPU skipping it would cost a sync)."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return
+    if params[0].grad.device.type != "cpu":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    grads = [p.grad for p in params]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
+    clip_coef = max_norm / (total + 1e-6)
+    if clip_coef < 1.0:
+        torch._foreach_mul_(grads, clip_coef)
+
+
 class SAETrainer:
     """Trains one SAE on (x, y) batches of raw activations.
 
@@ -49,12 +66,14 @@ class SAETrainer:
         groups = sae.param_groups(optimizer_cfg.lr)
         for group in groups:
             group["base_lr"] = group["lr"]
+        # fused Adam (one kernel per parameter; CPU and CUDA since torch 2.4), foreach elsewhere
+        fused = device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(
             groups,
             betas=tuple(optimizer_cfg.betas),
             eps=optimizer_cfg.eps,
-            foreach=device.type != "cuda",
-            fused=device.type == "cuda",
+            foreach=not fused,
+            fused=fused,
         )
         self.autocast("cpu")  # fails now, naming the key, if training.autocast is unknown
         self.step_count = 0
@@ -100,7 +119,7 @@ class SAETrainer:
         out.loss.backward()
         self.sae.before_step()
         if self.optimizer_cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.optimizer_cfg.grad_clip)
+            clip_grad_norm(self.sae.parameters(), self.optimizer_cfg.grad_clip)
         self.optimizer.step()
         self.sae.after_step()
         self.tokens_since_fired_F += x_BD.shape[0]
