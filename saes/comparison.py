@@ -105,9 +105,18 @@ def load_runs(patterns: list[str]) -> list[Run]:
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
-    """Config keys whose value is not the same in every run (ignoring ``IGNORED_KEYS``)."""
-    keys = sorted({k for r in runs for k in r.config} - IGNORED_KEYS)
-    return [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1]
+    """Config keys that differ between runs holding them (ignoring ``IGNORED_KEYS``).
+
+    A key only some runs have (an option of one SAE variant) counts when at least two runs have
+    it with different values: comparing variants then shows the options they share and set
+    differently, not every option of every variant (the variant has its own column)."""
+    keys = sorted({k for r in runs for k in r.config} - IGNORED_KEYS - {"sae.architecture"})
+    differing = []
+    for key in keys:
+        values = [json.dumps(r.config[key], sort_keys=True) for r in runs if key in r.config]
+        if len(values) > 1 and len(set(values)) > 1:
+            differing.append(key)
+    return differing
 
 
 def label_runs(runs: list[Run]) -> None:

@@ -15,6 +15,8 @@ PANELS = [  # (metric, panel title, y-axis title)
     ("delta_lm_loss", "L0 vs delta LM loss", "delta LM loss, nats (lower is better)"),
 ]
 X_KEY, X_TITLE = "l0", "L0 (mean active latents per token)"
+MAX_POINT_LABEL = 32
+"""Point labels (the differing config values) longer than this many characters are left out."""
 
 
 def _finite(value: object) -> bool:
@@ -28,6 +30,16 @@ def _by_variant(runs: list["Run"], y_key: str) -> dict[str, list["Run"]]:
         if _finite(run.metrics.get(X_KEY)) and _finite(run.metrics.get(y_key)):
             groups.setdefault(run.variant, []).append(run)
     return {v: sorted(rs, key=lambda r: r.metrics[X_KEY]) for v, rs in sorted(groups.items())}
+
+
+def spaced_ticks(values: list[float], min_ratio: float = 1.3) -> list[float]:
+    """The runs' own L0 values as log-axis ticks, dropping any within ``min_ratio`` of the previous
+    kept one (so neighbouring labels never overlap)."""
+    ticks: list[float] = []
+    for value in sorted({round(v, 1) for v in values if v > 0}):
+        if not ticks or value / ticks[-1] >= min_ratio:
+            ticks.append(value)
+    return ticks
 
 
 def _log_x(runs: list["Run"]) -> bool:
@@ -54,12 +66,15 @@ def frontier_png(runs: list["Run"], path: Path, title: str) -> Path:
             ax.plot(xs, ys, "-", color=color, alpha=0.35, linewidth=1.2)
             ax.scatter(xs, ys, color=color, s=46, label=variant, zorder=3, edgecolors="white", linewidths=0.6)
             for run, x, y in zip(group, xs, ys):
-                ax.annotate(run.label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8, color="#333333")
+                if len(run.label) <= MAX_POINT_LABEL:  # longer ones would cover the panel; see the table/HTML
+                    note = ax.annotate(run.label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8,
+                                       color="#333333", annotation_clip=True)
+                    note.set_in_layout(False)  # labels must not shrink the axes
         if _log_x(runs):  # log scale, ticked at the runs' own L0 values
             from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
             ax.set_xscale("log")
-            ticks = sorted({round(r.metrics[X_KEY], 1) for g in groups.values() for r in g})
+            ticks = spaced_ticks([r.metrics[X_KEY] for g in groups.values() for r in g])
             ax.xaxis.set_major_locator(FixedLocator(ticks))
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
