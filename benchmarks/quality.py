@@ -37,9 +37,19 @@ def compose(overrides: list[str]):
 
     from saes.config import register_configs
 
+    from omegaconf import open_dict
+
+    from saes.training.plan import plan_members
+
     register_configs()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
+        cfg = hydra_compose("train", overrides=overrides)
+    specs = plan_members(cfg)  # the site's {layer} templates, resolved as saes.train does
+    if len({(s.hook_in, s.hook_out) for s in specs}) != 1:
+        raise SystemExit("benchmarks/quality.py compares variants on one hook: give a single layer and site")
+    with open_dict(cfg):
+        cfg.site.hook_in, cfg.site.hook_out = specs[0].hook_in, specs[0].hook_out
+    return cfg
 
 
 def concat(batches) -> dict[str, torch.Tensor]:
@@ -83,7 +93,7 @@ def train_variant(cfg, parts, held, model, ce_contexts, keep_fn) -> dict:
     hook_in, hook_out = cfg.site.hook_in, cfg.site.hook_out or cfg.site.hook_in
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    batches = ShuffleBuffer(min(cfg.activations.buffer_tokens, cfg.tokens), generator).batches(iter(parts), cfg.training.batch_size)
+    batches = ShuffleBuffer(min(cfg.activations.buffer_tokens, cfg.tokens), cfg.training.batch_size, generator).batches(iter(parts))
     first = list(itertools.islice(batches, max(1, cfg.training.norm_estimate_tokens // cfg.training.batch_size)))
     sample = concat(first)
     d_out = held[hook_out].shape[1] if hook_out != hook_in else None
