@@ -24,7 +24,7 @@ from saes.sae.registry import register
 @dataclass
 class GatedConfig(SAEConfig):
     architecture: str = "gated"
-    l1_coef: float = 0.3
+    l1_coef: float = 2.3
     """Weight of the L1 penalty on relu(pi_gate) (after warmup)."""
     sparsity_warmup_fraction: float = 0.05
     """Fraction of training over which the L1 coefficient rises linearly from 0."""

@@ -32,7 +32,7 @@ SPARSITY_LOSSES = ("step", "quadratic", "tanh")
 @dataclass
 class JumpReLUConfig(SAEConfig):
     architecture: str = "jumprelu"
-    l0_coef: float = 0.03
+    l0_coef: float = 0.6
     """Weight of the sparsity loss (after warmup)."""
     sparsity_loss: str = "step"
     """``step`` (L0), ``quadratic`` (around ``target_l0``) or ``tanh``."""

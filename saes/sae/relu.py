@@ -33,7 +33,7 @@ PENALTIES = ("l1", "tanh")
 class ReLUConfig(SAEConfig):
     architecture: str = "relu"
     decoder_init_norm: float = 0.1
-    l1_coef: float = 0.3
+    l1_coef: float = 3.0
     """Weight of the sparsity penalty (after warmup)."""
     penalty: str = "l1"
     """``l1`` or ``tanh`` (both weighted by decoder row norms)."""
