@@ -23,8 +23,14 @@ TINY = ["tokens=40000", "activations.buffer_tokens=16384", "training.ce_tokens=1
 
 def _train(run_dir: Path, *overrides: str, **popen) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "saes.train", f"hydra.run.dir={run_dir}", *overrides]
+    # a user's terminal delivers Ctrl-C; a test runner started as a background job inherits SIGINT
+    # ignored (POSIX), which would make the child ignore the test's SIGINT: restore the default
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_env_without_wandb_key(), **popen)
+                            env=_env_without_wandb_key(), preexec_fn=_default_sigint, **popen)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _env_without_wandb_key() -> dict[str, str]:
