@@ -1,12 +1,15 @@
 """End-to-end training throughput of the default run vs the model forward alone (its floor).
 
-    .venv/bin/python benchmarks/pipeline.py [--tokens 65536] [--overrides "training.autocast=bfloat16"]
+    .venv/bin/python benchmarks/pipeline.py [--tokens 300000] [--overrides "training.autocast=bfloat16"]
 
 1. ``python -m saes.train tokens=<tokens> logger=none`` (the default run: SmolLM2-135M layer 3
    resid_post, TopK k 32, 4,608 latents, 32 contexts x 128 tokens per forward, batch 1,024) in a
    subprocess; its ``train_tokens_per_second`` (metrics.json) counts every training forward, the
    shuffle buffer and every SAE step (not model loading nor the final evaluation, which is shrunk
    here to save time: training.eval_tokens / ce_tokens do not touch training).
+   It runs twice: as configured (the model forwards prefetched in a background thread,
+   ``activations.prefetch_tokens``, default half the buffer) and with ``activations.prefetch_tokens=0``
+   (forwards and SAE steps take turns).
 2. In this process: the same model, corpus, hook and ``ActivationSource`` (the forward stops after
    block 3) run over the same training contexts, 32 per forward, until as many activation rows were
    made: the floor of on-the-fly training (every SAE step hidden). Measured just before and just
@@ -81,7 +84,7 @@ def forward_floor(tokens: int, overrides: list[str]):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=65536, help="training tokens")
+    parser.add_argument("--tokens", type=int, default=300_000, help="training tokens (the default run's budget)")
     parser.add_argument("--overrides", default="", help="extra Hydra overrides for both measurements (space-separated)")
     args = parser.parse_args()
     overrides = args.overrides.split()
@@ -90,7 +93,8 @@ def main() -> None:
     measure_floor = forward_floor(args.tokens, overrides)
     before = measure_floor()
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = train_run(args.tokens, overrides, Path(tmp))
+        metrics = train_run(args.tokens, overrides, Path(tmp) / "prefetch")
+        turns = train_run(args.tokens, [*overrides, "activations.prefetch_tokens=0"], Path(tmp) / "turns")
     after = measure_floor()  # the floor before and after the run, averaged (the machine's load drifts)
     seconds, rows, forwards = (before[0] + after[0]) / 2, before[1], before[2]
     train_tps, floor_tps = metrics["train_tokens_per_second"], rows / seconds
@@ -102,8 +106,10 @@ def main() -> None:
     print("| measurement | tokens/s | seconds | model forwards |")
     print("|---|---|---|---|")
     print(f"| end-to-end training (saes.train) | {train_tps:,.0f} | {metrics['train_seconds']:.1f} | {metrics['model_forwards']} |")
+    turns_tps = turns["train_tokens_per_second"]
+    print(f"| the same with activations.prefetch_tokens=0 | {turns_tps:,.0f} | {turns['train_seconds']:.1f} | {turns['model_forwards']} |")
     print(f"| model forward to the hooked layer only (floor) | {floor_tps:,.0f} | {seconds:.1f} | {forwards} |")
-    print(f"| training / floor | {train_tps / floor_tps:.0%} | | |")
+    print(f"| training / floor | {train_tps / floor_tps:.0%} (prefetch 0: {turns_tps / floor_tps:.0%}) | | |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import threading
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
@@ -71,6 +72,9 @@ class ActivationSource:
         self.device = torch.device(device)
         self.forwards = 0
         """Number of model forwards run so far (one per batch of contexts, whatever the hooks)."""
+        self.lock = threading.Lock()
+        """Held during each forward; hold it to run the model from another thread meanwhile (hooks
+        added by one thread's forward would fire in the other's)."""
 
     def keep_mask(self, tokens_BT: torch.Tensor) -> torch.Tensor:
         """Bool ``[B, T]``: positions whose activations are used."""
@@ -83,8 +87,9 @@ class ActivationSource:
         """Activations ``{hook: [N, D]}`` (float32, on ``device``) at kept positions."""
         model_device = next(self.model.parameters()).device
         tokens_BT = tokens_BT.to(model_device)
-        _, cache = self.model.run_with_cache(tokens_BT, names_filter=self.hook_names, stop_at_layer=self.stop)
-        self.forwards += 1
+        with self.lock:
+            _, cache = self.model.run_with_cache(tokens_BT, names_filter=self.hook_names, stop_at_layer=self.stop)
+            self.forwards += 1
         keep_BT = self.keep_mask(tokens_BT)
         return {h: cache[h][keep_BT].to(self.device, torch.float32) for h in self.hook_names}
 

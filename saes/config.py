@@ -120,6 +120,12 @@ class ActivationsConfig:
     """Contexts per model forward."""
     buffer_tokens: int = 131_072
     """Shuffle-buffer capacity in activation rows (tokens); refilled when half empty."""
+    prefetch_tokens: int = 65_536
+    """Activation rows made ahead by model forwards in a background thread while the SAEs step
+    (rounded up to whole forwards; 0: forwards and steps take turns). Same batches either way.
+    Memory: this many rows x d_in floats per hook, on top of the buffer. Half the buffer lets
+    the forwards of the next refill run while the current half is trained on (default run on
+    2 CPU cores: 90% of the forward-only floor, against 69% with 0)."""
 
 
 @dataclass

@@ -41,3 +41,14 @@ def test_misspelled_key_and_unknown_group_option_fail_by_name():
         _compose(["model=llama99"])
     with pytest.raises(ConfigError, match="layer='three'"):
         plan_members(_compose(["layer=three"]))
+
+
+def test_prefetch_tokens_become_whole_forwards_and_negative_fails_by_key():
+    from saes.training.run import _prefetch_forwards, validate_config
+
+    cfg = _compose(["activations.batch_contexts=32", "data.context_size=128"])  # 4,096 rows per forward
+    assert _prefetch_forwards(cfg) == 65_536 // 4_096  # the default: half the 131,072-row buffer
+    assert _prefetch_forwards(_compose(["activations.prefetch_tokens=4097"])) == 2
+    assert _prefetch_forwards(_compose(["activations.prefetch_tokens=0"])) == 0
+    with pytest.raises(ConfigError, match=r"activations.prefetch_tokens=-1 .*0: no prefetching"):
+        validate_config(_compose(["activations.prefetch_tokens=-1"]))

@@ -113,6 +113,22 @@ def _sum_into_full(parts: list[tuple[torch.Tensor | None, torch.Tensor]], full_r
     return total
 
 
+TRANSPOSE_BLOCK_ROWS = 256
+"""On CPU, ``transpose_copy`` moves this many rows at a time (2.5x faster than one strided copy
+of a [4608, 576] float32 matrix on the development machine: 5 vs 13 ms)."""
+
+
+def transpose_copy(a_RC: torch.Tensor) -> torch.Tensor:
+    """``a.T`` as a new contiguous ``[C, R]`` tensor (on CPU in blocks of rows, which keeps the
+    strided reads within cache)."""
+    if a_RC.device.type != "cpu":
+        return a_RC.T.contiguous()
+    out_CR = a_RC.new_empty(a_RC.shape[1], a_RC.shape[0])
+    for i in range(0, a_RC.shape[0], TRANSPOSE_BLOCK_ROWS):
+        out_CR[:, i : i + TRANSPOSE_BLOCK_ROWS] = a_RC[i : i + TRANSPOSE_BLOCK_ROWS].T
+    return out_CR
+
+
 def _split(flat: tuple, n_fields: int) -> list[tuple]:
     return [tuple(flat[i : i + n_fields]) for i in range(0, len(flat), n_fields)]
 
@@ -143,9 +159,9 @@ class _EncodeSelected(torch.autograd.Function):
         if not grads_b:
             return (None,) * (4 + len(flat))
         grad_b_enc_F = _sum_into_full(grads_b, d_sae)
-        # computed as [F, D] whatever the kernel and returned transposed: only the accumulated
-        # gradient is laid out as W_enc [D, F] (one copy, by autograd)
-        grad_W_enc_DF = _sum_into_full(grads_W, d_sae).T
+        # computed as [F, D] whatever the kernel, returned laid out as W_enc [D, F] (so autograd
+        # keeps it without another copy)
+        grad_W_enc_DF = transpose_copy(_sum_into_full(grads_W, d_sae))
         grad_b_dec_D = -(W_enc_DF @ grad_b_enc_F) if ctx.has_b_dec else None
         return (None, grad_W_enc_DF, grad_b_enc_F, grad_b_dec_D, *[None] * len(flat))
 

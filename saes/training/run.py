@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,8 @@ def validate_config(cfg: DictConfig) -> list[MemberSpec]:
     for key in ("tokens", "training.batch_size", "activations.batch_contexts"):
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be positive")
+    if cfg.activations.prefetch_tokens < 0:
+        raise ConfigError(f"activations.prefetch_tokens={cfg.activations.prefetch_tokens} must be >= 0 (0: no prefetching)")
     return members
 
 
@@ -127,7 +130,7 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
     heldout = corpus.heldout_contexts(cfg.training.eval_tokens)
     held = _concat(source.stream(iter(heldout), cfg.activations.batch_contexts))
     stream = TrainingStream(corpus, source, cfg.activations.batch_contexts, min(cfg.activations.buffer_tokens, cfg.tokens),
-                            cfg.training.batch_size, cfg.tokens, cfg.seed)
+                            cfg.training.batch_size, cfg.tokens, cfg.seed, _prefetch_forwards(cfg))
     members = [Member(s, run_dir / s.name, SAETrainer(build(s.sae_options, held[s.hook_in].shape[1], _d_out(s, held)).to(device),
                                                         cfg.optimizer, cfg.training, cfg.tokens)) for s in specs]
     state = load_state(run_dir) if cfg.resume else None
@@ -149,7 +152,10 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
                            resume_step=m.trainer.step_count if state is not None else None)
 
     periodic_lm = periodic_lm_evaluator(cfg, model, heldout, source.keep_mask)
-    status = _train_loop(cfg, stream, members, held, run_dir, periodic_lm)
+    try:
+        status = _train_loop(cfg, stream, members, held, run_dir, periodic_lm, source.lock)
+    finally:
+        stream.close()
     train_seconds = time.perf_counter() - start
     final = _final_evals(cfg, members, status, held, heldout, model, source, periodic_lm)
     results = {m.spec.name: _finish_member(cfg, m, status, *ev, source, train_seconds, wall_start) for m, ev in zip(members, final)}
@@ -160,8 +166,10 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
     return results
 
 
-def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], held: dict, run_dir: Path, periodic_lm) -> str:
-    """Step every SAE on every batch until the token budget; returns the run status."""
+def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], held: dict, run_dir: Path, periodic_lm,
+                model_lock: threading.Lock) -> str:
+    """Step every SAE on every batch until the token budget; returns the run status. ``model_lock``
+    keeps the periodic LM evaluation from running the model during a prefetched forward."""
     stop: dict[str, Any] = {}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -191,7 +199,8 @@ def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], 
                 if next_eval is not None and lead.tokens >= next_eval:
                     next_eval += cfg.training.eval_every
                     if lead.tokens < cfg.tokens:  # the final evaluation covers the last step
-                        _log_eval(members, held, periodic_lm)
+                        with model_lock:
+                            _log_eval(members, held, periodic_lm)
                 if next_ckpt is not None and lead.tokens >= next_ckpt:
                     next_ckpt += cfg.training.checkpoint_every
                     _checkpoint(cfg, stream, members, run_dir, "checkpoint")
@@ -281,6 +290,12 @@ def _finish_member(cfg, m: Member, status: str, evaluation: dict[str, Any], reco
 def _d_out(spec: MemberSpec, held: dict[str, torch.Tensor]) -> int | None:
     """The reconstructed width for a transcoder (hooks differ), None for an SAE."""
     return held[spec.hook_out].shape[1] if spec.hook_out != spec.hook_in else None
+
+
+def _prefetch_forwards(cfg: DictConfig) -> int:
+    """``activations.prefetch_tokens`` as whole forwards of ``batch_contexts`` contexts."""
+    per_forward = cfg.activations.batch_contexts * cfg.data.context_size
+    return -(-cfg.activations.prefetch_tokens // per_forward)
 
 
 def _next_multiple(tokens: int, every: int) -> int | None:

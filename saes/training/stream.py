@@ -1,43 +1,70 @@
 """The training activation stream: corpus contexts -> model forwards -> shuffle buffer -> batches,
-with a ``state_dict`` so a resumed run continues with exactly the same batches."""
+with a ``state_dict`` so a resumed run continues with exactly the same batches.
+
+With ``prefetch`` > 0, up to that many model forwards run ahead in a background thread
+(``saes.training.prefetch``), overlapping the SAE steps; the batches are the same either way, and
+the state counts only forwards the buffer has taken, so a checkpoint never skips one.
+"""
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Iterator
 
 import torch
 
 from saes.activations import ActivationSource, ShuffleBuffer
 from saes.data import Corpus
+from saes.training.prefetch import Prefetcher
+
+Activations = dict[str, torch.Tensor]
 
 
 class TrainingStream:
     """Yields ``{hook: [batch_size, D]}`` batches; forwards stop once ``max_rows`` rows were made."""
 
     def __init__(self, corpus: Corpus, source: ActivationSource, batch_contexts: int, buffer_rows: int,
-                 batch_size: int, max_rows: int, seed: int):
+                 batch_size: int, max_rows: int, seed: int, prefetch: int = 0):
         self.corpus = corpus
         self.source = source
         self.batch_contexts = batch_contexts
         self.max_rows = max_rows
         self.buffer = ShuffleBuffer(buffer_rows, batch_size, torch.Generator().manual_seed(seed))
         self.contexts_used = 0  # training contexts already turned into activations
-        self.rows_made = 0
-        self._forwards: Iterator[dict[str, torch.Tensor]] | None = None
+        self.rows_made = 0  # activation rows of those contexts
+        self.prefetch = prefetch
+        self._prefetcher: Prefetcher | None = None
+        self._forwards: Iterator[Activations] | None = None
 
-    def _make_forwards(self) -> Iterator[dict[str, torch.Tensor]]:
+    def _produce(self) -> Iterator[tuple[Activations, int]]:
+        """``(activations, contexts used)`` per forward, from the first context not yet taken."""
         contexts = (context for _, context in self.corpus.train_contexts(skip=self.contexts_used))
-        batch: list[torch.Tensor] = []
-        while self.rows_made < self.max_rows:
-            batch = [c for _, c in zip(range(self.batch_contexts), contexts)]
+        rows = self.rows_made
+        while rows < self.max_rows:
+            batch = list(islice(contexts, self.batch_contexts))
             if not batch:
                 return
             acts = self.source(torch.stack(batch))
-            self.contexts_used += len(batch)
+            rows += next(iter(acts.values())).shape[0]
+            yield acts, len(batch)
+
+    def _make_forwards(self) -> Iterator[Activations]:
+        produced: Iterator[tuple[Activations, int]] = self._produce()
+        if self.prefetch > 0:
+            produced = self._prefetcher = Prefetcher(produced, self.prefetch)
+        for acts, n_contexts in produced:  # the state advances as the buffer takes each forward
+            self.contexts_used += n_contexts
             self.rows_made += next(iter(acts.values())).shape[0]
             yield acts
 
-    def peek(self, rows: int, seed: int) -> dict[str, torch.Tensor]:
+    def close(self) -> None:
+        """Stop a background producer (forwards made ahead are dropped; the state is unaffected)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+        self._forwards = None
+
+    def peek(self, rows: int, seed: int) -> Activations:
         """A random sample of up to ``rows`` buffered rows, without consuming any (used to estimate
         normalization and b_dec before the first step)."""
         if self._forwards is None:
@@ -47,12 +74,12 @@ class TrainingStream:
         pick = torch.randperm(self.buffer.filled, generator=torch.Generator().manual_seed(seed))[:rows]
         return {name: store[pick.to(store.device)] for name, store in self.buffer.store.items()}
 
-    def next_batch(self) -> dict[str, torch.Tensor] | None:
+    def next_batch(self) -> Activations | None:
         if self._forwards is None:
             self._forwards = self._make_forwards()
         return self.buffer.next_batch(self._forwards)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Activations]:
         while (batch := self.next_batch()) is not None:
             yield batch
 
@@ -62,4 +89,4 @@ class TrainingStream:
     def load_state_dict(self, state: dict) -> None:
         self.contexts_used, self.rows_made = state["contexts_used"], state["rows_made"]
         self.buffer.load_state_dict(state["buffer"])
-        self._forwards = None
+        self.close()
