@@ -124,8 +124,8 @@ class ActivationsConfig:
     """Activation rows made ahead by model forwards in a background thread while the SAEs step
     (rounded up to whole forwards; 0: forwards and steps take turns). Same batches either way.
     Memory: this many rows x d_in floats per hook, on top of the buffer. Half the buffer lets
-    the forwards of the next refill run while the current half is trained on (default run on
-    2 CPU cores: 90% of the forward-only floor, against 69% with 0)."""
+    the forwards of the next refill run while the current half is trained on (see the README's
+    Performance section for what it gains)."""
 
 
 @dataclass
