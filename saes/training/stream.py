@@ -36,8 +36,8 @@ class TrainingStream:
         self._prefetcher: Prefetcher | None = None
         self._forwards: Iterator[Activations] | None = None
 
-    def _produce(self) -> Iterator[tuple[Activations, int]]:
-        """``(activations, contexts used)`` per forward, from the first context not yet taken."""
+    def _produce(self) -> Iterator[tuple[Activations, int, int]]:
+        """``(activations, contexts used, rows)`` per forward, from the first context not yet taken."""
         contexts = (context for _, context in self.corpus.train_contexts(skip=self.contexts_used))
         rows = self.rows_made
         while rows < self.max_rows:
@@ -45,16 +45,17 @@ class TrainingStream:
             if not batch:
                 return
             acts = self.source(torch.stack(batch))
-            rows += next(iter(acts.values())).shape[0]
-            yield acts, len(batch)
+            n_rows = next(iter(acts.values())).shape[0]
+            rows += n_rows
+            yield acts, len(batch), n_rows
 
     def _make_forwards(self) -> Iterator[Activations]:
-        produced: Iterator[tuple[Activations, int]] = self._produce()
+        produced: Iterator[tuple[Activations, int, int]] = self._produce()
         if self.prefetch > 0:
             produced = self._prefetcher = Prefetcher(produced, self.prefetch)
-        for acts, n_contexts in produced:  # the state advances as the buffer takes each forward
+        for acts, n_contexts, n_rows in produced:  # the state advances as the buffer takes each forward
             self.contexts_used += n_contexts
-            self.rows_made += next(iter(acts.values())).shape[0]
+            self.rows_made += n_rows
             yield acts
 
     def close(self) -> None:
