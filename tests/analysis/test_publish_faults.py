@@ -202,15 +202,21 @@ def test_concurrent_readers_see_one_whole_analysis_while_it_is_replaced(publishe
             reads.append((len(page), frozenset(d["analysis_id"] for d in page)))
             time.sleep(0.001)
 
+    def wait_for_reads(n: int) -> None:  # counts, not sleeps: reads are slow on a loaded machine
+        deadline = time.monotonic() + 60
+        while len(reads) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
     try:
+        wait_for_reads(2)  # the reader is running before the replacement starts
         new = published.analyze(NEW_TOKENS)["analysis_id"]
-        time.sleep(0.2)
+        wait_for_reads(len(reads) + 4)  # and goes on after it
     finally:
         done.set()
         thread.join(30)
-    assert len(reads) > 10
+    assert len(reads) >= 6
     for n, aids in reads:
         assert n == D_SAE and aids in ({old}, {new})
-    assert reads[-1][1] == {new}
+    assert reads[0][1] == {old} and reads[-1][1] == {new}
