@@ -69,7 +69,7 @@ def measure(sae_path: Path, tokens: int, uri: str) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
 
     import saes.analysis.run as run_module
-    from saes.activations import ActivationSource
+    from saes.activations import ModelForwards
     from saes.analysis.accumulate import FeatureAccumulator
     from saes.analysis.config import AnalysisConfig, register_analyze_configs
     from saes.analysis.stream import analyze_stream, batches
@@ -93,7 +93,7 @@ def measure(sae_path: Path, tokens: int, uri: str) -> dict[str, Any]:
     ctx = int(target.data.context_size)
     contexts = pack_contexts(iter_token_stream(iter_documents(target.data), model.tokenizer, corpus.bos_id), ctx, corpus.bos_id)
     token_batches = list(batches(contexts, int(cfg.analysis.batch_contexts), max(1, tokens // ctx)))
-    source = ActivationSource(model, [target.hook_in], excluded_ids=None)
+    source = ModelForwards(model, [target.hook_in], excluded_ids=None)
 
     def keep(tokens_BT: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(tokens_BT, dtype=torch.bool)

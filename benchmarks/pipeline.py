@@ -10,7 +10,7 @@
    It runs twice: as configured (the model forwards prefetched in a background thread,
    ``activations.prefetch_tokens``, default half the buffer) and with ``activations.prefetch_tokens=0``
    (forwards and SAE steps take turns).
-2. In this process: the same model, corpus, hook and ``ActivationSource`` (the forward stops after
+2. In this process: the same model, corpus, hook and ``ModelForwards`` (the forward stops after
    block 3) run over the same training contexts, 32 per forward, until as many activation rows were
    made: the floor of on-the-fly training (every SAE step hidden). Measured just before and just
    after the training run, and averaged.
@@ -50,7 +50,7 @@ def forward_floor(tokens: int, overrides: list[str]):
     import torch
     from hydra import compose, initialize_config_dir
 
-    from saes.activations import ActivationSource
+    from saes.activations import ModelForwards
     from saes.config import register_configs
     from saes.data import load_corpus
     from saes.models import load_model, resolve_device
@@ -64,7 +64,7 @@ def forward_floor(tokens: int, overrides: list[str]):
     corpus = load_corpus(cfg.data, model.tokenizer, cfg.model.bos_token)
     specs = plan_members(cfg)
     hooks = list(dict.fromkeys(h for s in specs for h in (s.hook_in, s.hook_out)))
-    source = ActivationSource(model, hooks, corpus.special_ids() if cfg.data.exclude_special else None,
+    source = ModelForwards(model, hooks, corpus.special_ids() if cfg.data.exclude_special else None,
                               device=resolve_device(cfg.device))
     contexts = (c for _, c in corpus.train_contexts())
     source(torch.stack([next(contexts) for _ in range(2)]))  # warm-up, not counted

@@ -59,7 +59,7 @@ def concat(batches) -> dict[str, torch.Tensor]:
 
 def cache_activations(cfg):
     """``(model, train rows per hook, held-out rows per hook, ce contexts, keep_fn, seconds)``."""
-    from saes.activations import ActivationSource
+    from saes.activations import ModelForwards
     from saes.data import load_corpus
     from saes.models import load_model
 
@@ -68,7 +68,7 @@ def cache_activations(cfg):
     model = load_model(cfg.model.source, device=cfg.model.device, dtype=cfg.model.dtype)
     corpus = load_corpus(cfg.data, model.tokenizer, cfg.model.bos_token)
     excluded = corpus.special_ids() if cfg.data.exclude_special else None
-    source = ActivationSource(model, [hook_in, hook_out], excluded, device="cpu")
+    source = ModelForwards(model, [hook_in, hook_out], excluded, device="cpu")
     heldout = corpus.heldout_contexts(cfg.training.eval_tokens)
     held = concat(source.stream(iter(heldout), cfg.activations.batch_contexts))
     parts, rows = [], 0
@@ -86,7 +86,8 @@ def train_variant(cfg, parts, held, model, ce_contexts, keep_fn) -> dict:
     from omegaconf import OmegaConf
 
     from saes.activations import ShuffleBuffer
-    from saes.evaluation import lm_metrics, reconstruction_metrics
+    from saes.evaluate.metrics import reconstruction_metrics
+    from saes.evaluate.lm import lm_metrics
     from saes.sae.registry import build
     from saes.training.trainer import SAETrainer
 
@@ -137,14 +138,14 @@ def main() -> None:
     common = ["logger=none", *args.overrides] + ([f"tokens={args.tokens}"] if args.tokens else [])
     base = compose(common)
     if args.activations_cache and args.activations_cache.exists():
-        from saes.activations import ActivationSource
+        from saes.activations import ModelForwards
         from saes.data import load_corpus
         from saes.models import load_model
 
         parts, held, ce_contexts = torch.load(args.activations_cache)
         model = load_model(base.model.source, device=base.model.device, dtype=base.model.dtype)
         corpus = load_corpus(base.data, model.tokenizer, base.model.bos_token)
-        keep_fn = ActivationSource(model, [base.site.hook_in], corpus.special_ids() if base.data.exclude_special else None).keep_mask
+        keep_fn = ModelForwards(model, [base.site.hook_in], corpus.special_ids() if base.data.exclude_special else None).keep_mask
         cache_seconds = 0.0
     else:
         model, parts, held, ce_contexts, keep_fn, cache_seconds = cache_activations(base)

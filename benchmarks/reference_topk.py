@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 
-def dense_pre_acts(x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, b_dec_D: torch.Tensor) -> torch.Tensor:
-    return torch.addmm(b_enc_F, x_BD - b_dec_D, W_enc_DF)
+def dense_pre_acts(x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, b_dec_O: torch.Tensor) -> torch.Tensor:
+    return torch.addmm(b_enc_F, x_BD - b_dec_O, W_enc_DF)
 
 
 def dense_topk_loss(
@@ -32,8 +32,8 @@ def dense_topk_loss(
     dead_F: torch.Tensor | None = None, aux_k: int | None = None, aux_coef: float = 1 / 32, batch_topk: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(loss, {"fvu", "auxk"?, "acts_BF"})`` with dense autograd. ``params``: W_enc_DF, b_enc_F,
-    W_dec_FD, b_dec_D."""
-    W_enc, b_enc, W_dec, b_dec = params["W_enc_DF"], params["b_enc_F"], params["W_dec_FD"], params["b_dec_D"]
+    W_dec_FO, b_dec_O."""
+    W_enc, b_enc, W_dec, b_dec = params["W_enc_DF"], params["b_enc_F"], params["W_dec_FO"], params["b_dec_O"]
     d_in, d_sae = W_enc.shape
     pre_BF = dense_pre_acts(x_BD, W_enc, b_enc, b_dec)
     if batch_topk:
@@ -64,15 +64,15 @@ def dense_topk_loss(
 
 
 @torch.no_grad()
-def project_decoder_grad(W_dec_FD: torch.Tensor) -> None:
+def project_decoder_grad(W_dec_FO: torch.Tensor) -> None:
     """Remove the gradient component parallel to each (unit) decoder row."""
-    g = W_dec_FD.grad
-    g -= (g * W_dec_FD).sum(dim=1, keepdim=True) * W_dec_FD
+    g = W_dec_FO.grad
+    g -= (g * W_dec_FO).sum(dim=1, keepdim=True) * W_dec_FO
 
 
 @torch.no_grad()
-def renorm_decoder(W_dec_FD: torch.Tensor) -> None:
-    W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
+def renorm_decoder(W_dec_FO: torch.Tensor) -> None:
+    W_dec_FO /= W_dec_FO.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
 class DenseTopKSAE(torch.nn.Module):
@@ -85,11 +85,11 @@ class DenseTopKSAE(torch.nn.Module):
         self.k, self.aux_k, self.aux_coef, self.batch_topk = k, aux_k, aux_coef, batch_topk
         self.W_enc_DF = torch.nn.Parameter(torch.empty(d_in, d_sae))
         self.b_enc_F = torch.nn.Parameter(torch.zeros(d_sae))
-        self.W_dec_FD = torch.nn.Parameter(torch.empty(d_sae, d_in))
-        self.b_dec_D = torch.nn.Parameter(torch.zeros(d_in))
+        self.W_dec_FO = torch.nn.Parameter(torch.empty(d_sae, d_in))
+        self.b_dec_O = torch.nn.Parameter(torch.zeros(d_in))
 
     def params(self) -> dict[str, torch.Tensor]:
-        return {"W_enc_DF": self.W_enc_DF, "b_enc_F": self.b_enc_F, "W_dec_FD": self.W_dec_FD, "b_dec_D": self.b_dec_D}
+        return {"W_enc_DF": self.W_enc_DF, "b_enc_F": self.b_enc_F, "W_dec_FO": self.W_dec_FO, "b_dec_O": self.b_dec_O}
 
     def loss(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         return dense_topk_loss(self.params(), x_BD, x_BD, self.k, dead_F, self.aux_k, self.aux_coef, self.batch_topk)
@@ -100,9 +100,9 @@ class DenseTopKSAE(torch.nn.Module):
             loss, _ = self.loss(x_BD, dead_F)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        project_decoder_grad(self.W_dec_FD)
+        project_decoder_grad(self.W_dec_FO)
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
         optimizer.step()
-        renorm_decoder(self.W_dec_FD)
+        renorm_decoder(self.W_dec_FO)
         return loss.detach()

@@ -136,7 +136,7 @@ def bench_size(d: int, m: int, k: int, B: int, args, device: torch.device) -> li
         counter["i"] += 1
 
     dense = DenseTopKSAE(d, m, k, k_aux).to(device)
-    dense.load_state_dict({n: getattr(sae, n).detach().clone() for n in ("W_enc_DF", "b_enc_F", "W_dec_FD", "b_dec_D")})
+    dense.load_state_dict({n: getattr(sae, n).detach().clone() for n in ("W_enc_DF", "b_enc_F", "W_dec_FO", "b_dec_O")})
     adam = torch.optim.Adam(dense.parameters(), lr=1e-4, foreach=device.type != "cuda", fused=device.type == "cuda")
 
     def reference() -> None:

@@ -20,7 +20,7 @@ from saes.errors import ConfigError
 register_analyze_configs()
 
 
-@hydra.main(config_path="../conf", config_name="analyze", version_base="1.3")
+@hydra.main(config_path="conf", config_name="analyze", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from saes.analysis.run import run_analysis  # heavy imports after Hydra has parsed the CLI
     from saes.store import LocalServerError, StoreConnectionError

@@ -243,7 +243,9 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("saes_run_name", run_name)
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+"""The Hydra config groups: ``conf/`` at the top of the repository, shipped inside the package as
+``saes/conf`` (a link to it in the repository, a copy in a built wheel)."""
 EVALUATE_GROUPS = ("model", "data", "site")
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
+from saes.atomic import atomic_write_text
 from saes.errors import ConfigError
 from saes.paths import cache_dir
 
@@ -63,13 +64,7 @@ def pydocs_corpus_file() -> Path:
                 doc = ast.get_docstring(node)
                 if doc and len(doc) > MIN_DOC_CHARS:
                     docs.append(doc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        for doc in docs:
-            out.write(json.dumps({"text": doc}) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "".join(json.dumps({"text": doc}) + "\n" for doc in docs))
 
 
 def iter_documents(cfg: "DataConfig") -> Iterator[str]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from saes.atomic import atomic_directory
 from saes.errors import ConfigError
 from saes.paths import cache_dir
 
@@ -82,9 +83,7 @@ def _convert_gguf(package_dir: Path, gguf_file: str, target: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_directory(target, replace=False) as tmp:  # another process may finish first: keep its copy
         model.config.save_pretrained(tmp)
         config = json.loads((tmp / "config.json").read_text())
         config.pop("quantization_config", None)  # the weights we write are plain fp32
@@ -94,11 +93,6 @@ def _convert_gguf(package_dir: Path, gguf_file: str, target: Path) -> None:
             state.pop("lm_head.weight", None)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
-        if target.exists():  # another process finished first
-            return
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def model_dir_or_id(source: str) -> str:

@@ -15,14 +15,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from launchers.argv import expand_layer_args
+from saes.layers import expand_layer_args
 from saes.config import register_configs
 from saes.errors import ConfigError
+from saes.formatting import format_number
 
 register_configs()
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from saes.training.run import run_training  # heavy imports after Hydra has parsed the CLI
 
@@ -42,15 +43,11 @@ SUMMARY_KEYS = ["explained_variance", "l0", "dead_fraction", "ce_clean", "ce_spl
                 "ce_recovered", "kl", "train_tokens", "train_tokens_per_second", "wall_seconds"]
 
 
-def _fmt(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
 def format_summary(results: dict[str, dict], run_dir: Path) -> str:
     """The final metrics: a column per SAE."""
     names = list(results)
     header = f"  {'':<24} " + " ".join(f"{n:>14}" for n in names) if len(names) > 1 else None
-    rows = [f"  {k:<24} " + " ".join(f"{_fmt(results[n][k]):>14}" if len(names) > 1 else _fmt(results[n][k]) for n in names)
+    rows = [f"  {k:<24} " + " ".join(f"{format_number(results[n][k]):>14}" if len(names) > 1 else format_number(results[n][k]) for n in names)
             for k in SUMMARY_KEYS if all(k in results[n] for n in names)]
     where = [f"SAE saved to {run_dir / n / 'sae'}" for n in names]
     return "\n".join([*(p.replace("/./", "/") for p in where), *([header] if header else []), *rows])

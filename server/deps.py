@@ -8,7 +8,7 @@ from threading import Lock
 from fastapi import Header, HTTPException, Request
 from pymongo.database import Database
 
-from saes.inference import LiveSAE
+from server.live import LiveSAE
 from server.pages import Dictionaries, FeaturePages
 from server.search import SearchCache
 from server.settings import Settings

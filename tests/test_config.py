@@ -7,7 +7,7 @@ from saes.config import register_configs
 from saes.errors import ConfigError
 from saes.training.plan import plan_members
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 register_configs()
 

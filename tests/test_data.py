@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from saes.data import DataError, iter_documents, load_corpus, pack_contexts, pydocs_corpus_file
 from saes.models import load_tokenizer
 
-from .conftest import DEFAULT_MODEL
+from tests.conftest import DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import torch
 
 from saes.models import ModelLoadError, load_model, model_dir_or_id
 
-from .conftest import DEFAULT_MODEL
+from tests.conftest import DEFAULT_MODEL
 
 
 def test_hub_model_offline_fails_with_what_to_do(monkeypatch):

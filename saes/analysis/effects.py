@@ -52,7 +52,7 @@ def final_norm_gain(model: "TransformerBridge") -> tuple[torch.Tensor, bool]:
 
 @torch.no_grad()
 def logit_effects(
-    W_dec_FD: torch.Tensor, model: "TransformerBridge", k: int
+    W_dec_FO: torch.Tensor, model: "TransformerBridge", k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(top_ids_FK, top_values_FK, bottom_ids_FK, bottom_values_FK)``: the k largest and k
     smallest logit effects of every feature (values in descending / ascending order)."""
@@ -61,8 +61,8 @@ def logit_effects(
     gain_D = gain_D.float().to(W_U_DV.device)
     k = min(k, W_U_DV.shape[1])
     parts: list[tuple[torch.Tensor, ...]] = []
-    for start in range(0, W_dec_FD.shape[0], CHUNK_FEATURES):
-        dirs = W_dec_FD[start : start + CHUNK_FEATURES].to(W_U_DV.device, torch.float32)
+    for start in range(0, W_dec_FO.shape[0], CHUNK_FEATURES):
+        dirs = W_dec_FO[start : start + CHUNK_FEATURES].to(W_U_DV.device, torch.float32)
         if centers:
             dirs = dirs - dirs.mean(dim=1, keepdim=True)
         effects = (dirs * gain_D) @ W_U_DV
@@ -73,11 +73,11 @@ def logit_effects(
 
 
 @torch.no_grad()
-def nearest_neighbours(W_dec_FD: torch.Tensor, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbours(W_dec_FO: torch.Tensor, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """``(index_FK, cosine_FK)``: each feature's k most similar other features by decoder cosine."""
-    n = W_dec_FD.shape[0]
+    n = W_dec_FO.shape[0]
     k = min(k, n - 1)
-    unit = W_dec_FD.float() / W_dec_FD.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    unit = W_dec_FO.float() / W_dec_FO.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
     idx, cos = [], []
     for start in range(0, n, chunk):
         sims = unit[start : start + chunk] @ unit.T

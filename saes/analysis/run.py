@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 import time
 from collections.abc import Mapping
@@ -19,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from saes.activations import ActivationSource, stop_at_layer, validate_hooks
+from saes.activations import ModelForwards, keep_mask, validate_hooks
+from saes.activations.hooks import is_residual, probe_hook_width
 from saes.analysis.accumulate import FeatureAccumulator
 from saes.analysis.config import AnalysisConfig, validate_analysis
 from saes.analysis.documents import WeightEffects, dictionary_stats, feature_documents
@@ -39,39 +39,17 @@ if TYPE_CHECKING:
 
     from saes.sae.base import SAE
 
-_D_MODEL_HOOK = re.compile(
-    r"^(hook_embed|embed\.hook_out|ln_final\.hook_normalized|blocks\.\d+\.(hook_resid_(pre|mid|post)|hook_attn_out|"
-    r"hook_mlp_out|hook_in|hook_out|mlp\.hook_in|mlp\.hook_out|attn\.hook_in|attn\.hook_out|ln\d\.hook_normalized))$"
-)
-_D_MLP_HOOK = re.compile(r"^blocks\.\d+\.mlp\.(hook_pre|hook_post|hook_pre_linear)$")
-
-
-def hook_width(model: "TransformerBridge", hook: str) -> int:
-    """Width of the vectors at ``hook``: from its name for the usual hooks (no forward), else from
-    a one-context, two-token probe forward."""
-    if _D_MODEL_HOOK.match(hook):
-        return int(model.cfg.d_model)
-    if _D_MLP_HOOK.match(hook) and getattr(model.cfg, "d_mlp", None):
-        return int(model.cfg.d_mlp)
-    probe = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
-    _, cache = model.run_with_cache(probe, names_filter=[hook], stop_at_layer=stop_at_layer([hook], model.cfg.n_layers))
-    shape = tuple(cache[hook].shape[2:])
-    if len(shape) != 1:
-        raise ConfigError(f"hook {hook!r} holds {shape}-shaped values per position; an SAE reads vectors")
-    return int(shape[0])
-
-
 def check_widths(model: "TransformerBridge", sae: "SAE", target: Target) -> bool:
     """Raise :class:`ConfigError` when the SAE's d_in is not the hook's width; return whether the
     decoder writes into the residual stream (so logit effects apply)."""
     validate_hooks([target.hook_in, target.hook_out], model.hook_dict.keys(), model.cfg.n_layers)
-    width = hook_width(model, target.hook_in)
+    width = probe_hook_width(model, target.hook_in)
     if width != sae.d_in:
         raise ConfigError(
             f"the SAE reads vectors of d_in={sae.d_in}, but {target.hook_in} of model {target.model.source} has width "
             f"{width}: pass the model the SAE was trained on (model.source=...) or a hook of width {sae.d_in} (site.hook_in=...)"
         )
-    return bool(_D_MODEL_HOOK.match(target.hook_out)) and sae.d_out == int(model.cfg.d_model)
+    return is_residual(target.hook_out) and sae.d_out == int(model.cfg.d_model)
 
 
 def run_analysis(
@@ -95,21 +73,21 @@ def run_analysis(
     residual_out = check_widths(model, sae, target)
     corpus = load_corpus(target.data, model.tokenizer, target.model.bos_token)
     excluded = corpus.special_ids() if target.data.exclude_special else None
-    source = ActivationSource(model, [target.hook_in], excluded_ids=None, device=resolve_device(cfg.device))
+    source = ModelForwards(model, [target.hook_in], excluded_ids=None, device=resolve_device(cfg.device))
     ctx_len = int(target.data.context_size)
     n_contexts = max(1, settings.tokens // ctx_len)
     contexts = pack_contexts(iter_token_stream(iter_documents(target.data), model.tokenizer, corpus.bos_id), ctx_len, corpus.bos_id)
     acc = FeatureAccumulator(sae.d_sae, settings, device=next(sae.parameters()).device)
     times = analyze_stream(source, sae, acc, batches(contexts, settings.batch_contexts, n_contexts),
-                           _keep_fn(excluded), n_contexts * ctx_len, progress)  # fmt: skip
+                           lambda tokens_BT: keep_mask(tokens_BT, excluded), n_contexts * ctx_len, progress)  # fmt: skip
     if acc.rows == 0:
         raise ConfigError(f"the dataset gave no analyzable tokens (data.source={target.data.source})")
 
     t0 = time.perf_counter()
-    W_dec_FD = sae.W_dec_FD.detach()
+    W_dec_FO = sae.W_dec_FO.detach()
     effects = WeightEffects(
-        logits=logit_effects(W_dec_FD, model, settings.logit_effects) if residual_out and settings.logit_effects else None,
-        neighbours=nearest_neighbours(W_dec_FD, settings.neighbours) if settings.neighbours and sae.d_sae > 1 else None,
+        logits=logit_effects(W_dec_FO, model, settings.logit_effects) if residual_out and settings.logit_effects else None,
+        neighbours=nearest_neighbours(W_dec_FO, settings.neighbours) if settings.neighbours and sae.d_sae > 1 else None,
     )
     effects_seconds = time.perf_counter() - t0
     acc.to_cpu()
@@ -149,15 +127,6 @@ def run_analysis(
         "write_seconds": time.perf_counter() - t1,
         "wall_seconds": time.perf_counter() - wall,
     }
-
-
-def _keep_fn(excluded: torch.Tensor | None):
-    def keep(tokens_BT: torch.Tensor) -> torch.Tensor:
-        if excluded is None:
-            return torch.ones_like(tokens_BT, dtype=torch.bool)
-        return ~torch.isin(tokens_BT, excluded.to(tokens_BT.device))
-
-    return keep
 
 
 def _dictionary_config(target: Target) -> dict[str, Any]:

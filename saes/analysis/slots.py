@@ -92,10 +92,6 @@ class Slots:
         self.tokens_FNW[f, s] = tokens_KW.to(torch.int32)
         return int(win.numel())
 
-    def filled_F(self) -> torch.Tensor:
-        """Number of used slots per feature."""
-        return (self.key_FN >= 0).sum(dim=1)
-
     def nbytes(self) -> int:
         """Memory held by the slots."""
         return sum(t.element_size() * t.numel() for t in vars(self).values() if isinstance(t, torch.Tensor))

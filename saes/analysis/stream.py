@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from saes.activations import ActivationSource
+from saes.activations import ModelForwards
 from saes.analysis.accumulate import FeatureAccumulator
 from saes.sae.base import SAE
 
@@ -68,7 +68,7 @@ def batches(contexts: Iterable[torch.Tensor], batch_contexts: int, n_contexts: i
 
 @torch.no_grad()
 def analyze_stream(
-    source: ActivationSource,
+    source: ModelForwards,
     sae: SAE,
     acc: FeatureAccumulator | None,
     token_batches: Iterable[torch.Tensor],

@@ -2,7 +2,7 @@
 
 Shapes: B tokens in a batch, D = d_in, O = d_out (= D for an SAE), F = d_sae (latents), K active
 latents per token. Parameters follow the SAELens v6 layout: ``W_enc_DF [D, F]``, ``b_enc_F``,
-``W_dec_FO [F, O]`` (named ``W_dec_FD``), ``b_dec_D``. SAEs subtract ``b_dec`` from the input
+``W_dec_FO [F, O]`` (named ``W_dec_FO``), ``b_dec_O``. SAEs subtract ``b_dec`` from the input
 (``apply_b_dec_to_input``); transcoders (``d_out`` given: read one hook, reconstruct another) do not.
 
 Decoder norms: a variant either keeps decoder rows at unit norm (``unit_norm_decoder``: the
@@ -46,7 +46,7 @@ class TrainStepOutput:
 
     loss: torch.Tensor
     """Scalar loss (backpropagated)."""
-    x_hat_BD: torch.Tensor
+    y_hat_BO: torch.Tensor
     """Reconstruction of the batch, detached."""
     fired_F: torch.Tensor
     """Bool mask of latents active on at least one token of the batch."""
@@ -102,8 +102,8 @@ class SAE(nn.Module):
             raise ConfigError(f"sae.d_sae={self.d_sae} must be positive")
         self.W_enc_DF = nn.Parameter(torch.empty(d_in, self.d_sae))
         self.b_enc_F = nn.Parameter(torch.zeros(self.d_sae))
-        self.W_dec_FD = nn.Parameter(torch.empty(self.d_sae, self.d_out))
-        self.b_dec_D = nn.Parameter(torch.zeros(self.d_out))
+        self.W_dec_FO = nn.Parameter(torch.empty(self.d_sae, self.d_out))
+        self.b_dec_O = nn.Parameter(torch.zeros(self.d_out))
 
     # -- initialisation -------------------------------------------------------------------
     @torch.no_grad()
@@ -114,23 +114,23 @@ class SAE(nn.Module):
         norm = self.cfg.decoder_init_norm if decoder_norm is None else decoder_norm
         w = torch.randn(self.d_sae, self.d_out, generator=generator)
         w *= norm / w.norm(dim=1, keepdim=True)
-        self.W_dec_FD.copy_(w)
+        self.W_dec_FO.copy_(w)
         if not self.is_transcoder and self.cfg.tied_init:
             self.W_enc_DF.copy_(w.T)
         else:
             e = torch.randn(self.d_in, self.d_sae, generator=generator)
             self.W_enc_DF.copy_(e * norm / e.norm(dim=0, keepdim=True))
         self.b_enc_F.zero_()
-        self.b_dec_D.zero_()
+        self.b_dec_O.zero_()
 
     # -- inference -------------------------------------------------------------------------
     def b_dec_in(self) -> torch.Tensor | None:
         """``b_dec`` when it is subtracted from the input, else None."""
-        return self.b_dec_D if self.apply_b_dec_to_input else None
+        return self.b_dec_O if self.apply_b_dec_to_input else None
 
     def centered(self, x_BD: torch.Tensor) -> torch.Tensor:
         """The encoder input: ``x - b_dec`` for SAEs, ``x`` for transcoders."""
-        return x_BD - self.b_dec_D if self.apply_b_dec_to_input else x_BD
+        return x_BD - self.b_dec_O if self.apply_b_dec_to_input else x_BD
 
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations ``[B, F]``."""
@@ -142,7 +142,7 @@ class SAE(nn.Module):
 
     def decode(self, acts_BF: torch.Tensor) -> torch.Tensor:
         """Reconstruction ``[B, O]`` from dense activations."""
-        return acts_BF @ self.W_dec_FD + self.b_dec_D
+        return acts_BF @ self.W_dec_FO + self.b_dec_O
 
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
         """Reconstruction of ``x_BD`` (of the output hook for a transcoder)."""
@@ -167,16 +167,16 @@ class SAE(nn.Module):
     def before_step(self) -> None:
         """After backward, before the optimizer step: with ``unit_norm_decoder``, remove the
         gradient component parallel to each (unit) decoder row."""
-        g = self.W_dec_FD.grad
+        g = self.W_dec_FO.grad
         if self.unit_norm_decoder and g is not None:
-            w = self.W_dec_FD
+            w = self.W_dec_FO
             g.addcmul_(w, torch.linalg.vecdot(g, w, dim=1).unsqueeze(1), value=-1)  # g -= <g, w> w, no [F, D] temporaries
 
     @torch.no_grad()
     def after_step(self) -> None:
         """After the optimizer step: with ``unit_norm_decoder``, renormalise decoder rows."""
         if self.unit_norm_decoder:
-            self.W_dec_FD /= self.W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
+            self.W_dec_FO /= self.W_dec_FO.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
     # -- checkpoints -------------------------------------------------------------------------
     def inference_form(self) -> "SAE":
@@ -189,8 +189,8 @@ class SAE(nn.Module):
     def fold_decoder_norms(self) -> torch.Tensor:
         """Rescale so decoder rows have unit norm without changing reconstructions: latent ``i``
         is multiplied by ``||W_dec[i]||`` (encoder column and bias scaled alike). Returns the norms."""
-        norms_F = self.W_dec_FD.norm(dim=1).clamp_min(1e-8)
-        self.W_dec_FD /= norms_F[:, None]
+        norms_F = self.W_dec_FO.norm(dim=1).clamp_min(1e-8)
+        self.W_dec_FO /= norms_F[:, None]
         self.W_enc_DF *= norms_F
         self.b_enc_F *= norms_F
         return norms_F
@@ -201,9 +201,9 @@ class SAE(nn.Module):
         weights, so the SAE takes raw activations and returns raw reconstructions with the
         same latent activations as before."""
         self.W_enc_DF.mul_(scale_in)
-        self.W_dec_FD.div_(scale_out)
+        self.W_dec_FO.div_(scale_out)
         # SAE: scale_in == scale_out, so (x*s - b) = s*(x - b/s); transcoders do not centre
-        self.b_dec_D.div_(scale_out)
+        self.b_dec_O.div_(scale_out)
 
     def saelens_architecture(self) -> str:
         """SAELens v6 ``architecture`` of the saved (inference-form) SAE."""
@@ -215,7 +215,7 @@ class SAE(nn.Module):
 
     def saelens_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors of ``sae_weights.safetensors`` by their SAELens names."""
-        return {"W_enc": self.W_enc_DF, "b_enc": self.b_enc_F, "W_dec": self.W_dec_FD, "b_dec": self.b_dec_D}
+        return {"W_enc": self.W_enc_DF, "b_enc": self.b_enc_F, "W_dec": self.W_dec_FO, "b_dec": self.b_dec_O}
 
     @torch.no_grad()
     def load_saelens_tensors(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -95,7 +95,7 @@ class BatchTopKSAE(TopKSAE):
         k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, state.get("progress", 1.0))
         codes = self.batch_codes(x_BD, k, self.aux_dead(state))
         self.update_threshold(codes.vals_N)
-        y_hat_BD = ragged_decode(codes.rows_N, codes.cols_N, codes.coef_N, self.W_dec_FD, self.b_dec_D, x_BD.shape[0])
+        y_hat_BD = ragged_decode(codes.rows_N, codes.cols_N, codes.coef_N, self.W_dec_FO, self.b_dec_O, x_BD.shape[0])
         return self.step_output(x_BD, y_BD, y_hat_BD, fvu_and_mse(y_BD, y_hat_BD)[0], codes, state)
 
     def step_output(
@@ -118,7 +118,7 @@ class BatchTopKSAE(TopKSAE):
         active_N = codes.vals_N > 0
         fired_F = torch.zeros(self.d_sae, dtype=torch.bool, device=x_BD.device)
         fired_F[codes.cols_N[active_N]] = True
-        return TrainStepOutput(loss=loss, x_hat_BD=y_hat_BD.detach(), fired_F=fired_F,
+        return TrainStepOutput(loss=loss, y_hat_BO=y_hat_BD.detach(), fired_F=fired_F,
                                l0=active_N.sum().item() / x_BD.shape[0], losses=losses)
 
     def aux_dead(self, state: dict[str, Any]) -> torch.Tensor | None:
@@ -141,11 +141,11 @@ class BatchTopKSAE(TopKSAE):
         """A new JumpReLU SAE with the global threshold on every latent (decoder norms folded)."""
         src = super().inference_form()  # a copy with folded norms under decoder_norm_selection
         cfg = JumpReLUConfig(d_sae=self.d_sae, decoder_init_norm=self.cfg.decoder_init_norm, tied_init=self.cfg.tied_init)
-        out = JumpReLUSAE(cfg, self.d_in, self.d_out if self.is_transcoder else None).to(self.W_dec_FD)
+        out = JumpReLUSAE(cfg, self.d_in, self.d_out if self.is_transcoder else None).to(self.W_dec_FO)
         out.apply_b_dec_to_input = self.apply_b_dec_to_input
         threshold = float(self.threshold)
         with torch.no_grad():
-            for name in ("W_enc_DF", "b_enc_F", "W_dec_FD", "b_dec_D"):
+            for name in ("W_enc_DF", "b_enc_F", "W_dec_FO", "b_dec_O"):
                 getattr(out, name).copy_(getattr(src, name))
             out.log_threshold_F.fill_(math.log(threshold) if threshold > 0 else -math.inf)
         return out

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from saes.sae.base import SAE
-from saes.sae.formats import CheckpointError, assign_tensors, read_json, read_tensors
+from saes.sae.io import CheckpointError, assign_tensors, read_json, read_tensors
 from saes.sae.registry import build
 
 SPARSIFY_WEIGHTS = "sae.safetensors"

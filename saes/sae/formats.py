@@ -15,19 +15,17 @@ marks the format version SAELens reads. Folders are written atomically.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import saes
-from saes.errors import ConfigError
+from saes.atomic import atomic_directory
 from saes.sae.base import SAE
+from saes.sae import foreign
+from saes.sae.io import CheckpointError, assign_tensors, read_json, read_tensors
 from saes.sae.registry import REGISTRY, build
 
 CFG_FILE = "cfg.json"
@@ -37,35 +35,12 @@ SAELENS_FORMAT_VERSION = "6.0.0"
 TRANSCODER_ARCHITECTURES = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}
 
 
-class CheckpointError(ConfigError):
-    """A checkpoint folder is missing, corrupt or of an unknown kind; the message names the file."""
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; a missing, truncated or corrupt file raises
-    ``CheckpointError`` naming it."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path} could not be read (missing, truncated or corrupt): {err}") from err
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON file as a dict; missing or invalid raises ``CheckpointError`` naming it."""
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
-
-
 def saelens_cfg(sae: SAE, metadata: dict[str, Any]) -> dict[str, Any]:
     """The ``cfg.json`` dict for an inference-form ``sae`` (activation normalization folded in)."""
     cfg: dict[str, Any] = {
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
-        "dtype": str(sae.W_dec_FD.dtype).removeprefix("torch."),
+        "dtype": str(sae.W_dec_FO.dtype).removeprefix("torch."),
         "device": "cpu",
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": "none",
@@ -84,22 +59,12 @@ def save_sae(sae: SAE, folder: str | Path, metadata: dict[str, Any], log10_densi
     """Write ``sae`` (in its inference form) to ``folder`` atomically; returns the folder."""
     sae = sae.inference_form()
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_directory(folder) as tmp:
         tensors = {name: t.detach().cpu().contiguous() for name, t in sae.saelens_tensors().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         if log10_density_F is not None:
             save_file({"sparsity": log10_density_F.detach().cpu().float().contiguous()}, str(tmp / SPARSITY_FILE))
         (tmp / CFG_FILE).write_text(json.dumps(saelens_cfg(sae, metadata), indent=2))
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -143,24 +108,9 @@ def load_saelens(folder: Path) -> SAE:
     return assign_tensors(sae, tensors, folder / WEIGHTS_FILE)
 
 
-def assign_tensors(sae: SAE, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
-    """``sae`` in the file's dtype with its SAELens-named tensors set; errors name ``path``."""
-    dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
-    sae = sae.to(dtype)
-    try:
-        sae.load_saelens_tensors(tensors)
-    except KeyError as err:
-        raise CheckpointError(f"{path} lacks tensor {err}; it has {sorted(tensors)}") from err
-    except ValueError as err:
-        raise CheckpointError(f"{path}: {err}") from err
-    return sae
-
-
 def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
     """Load a checkpoint folder: SAELens format (saes, SAELens), sparsify (``cfg.json`` +
     ``sae.safetensors``) or lm-saes/llamascopium (``config.json`` with ``sae_type``)."""
-    from saes.sae import foreign
-
     folder = Path(folder)
     if (folder / CFG_FILE).exists() and (folder / foreign.SPARSIFY_WEIGHTS).exists() and not (folder / WEIGHTS_FILE).exists():
         sae = foreign.load_sparsify(folder)

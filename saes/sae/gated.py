@@ -61,14 +61,14 @@ class GatedSAE(SAE):
         y_hat_BD = self.decode(acts_BF)
         fvu, mse = fvu_and_mse(y_BD, y_hat_BD)
         gate_BF = pi_gate_BF.relu()
-        l1 = (gate_BF * self.W_dec_FD.norm(dim=1)).sum(-1).float().mean()
-        y_via_gate_BD = gate_BF @ self.W_dec_FD.detach() + self.b_dec_D.detach()
+        l1 = (gate_BF * self.W_dec_FO.norm(dim=1)).sum(-1).float().mean()
+        y_via_gate_BD = gate_BF @ self.W_dec_FO.detach() + self.b_dec_O.detach()
         _, aux_mse = fvu_and_mse(y_BD, y_via_gate_BD)
         coef = self.cfg.l1_coef * linear_warmup(state.get("progress", 1.0), self.cfg.sparsity_warmup_fraction)
         loss = mse + coef * l1 + aux_mse
         active_BF = acts_BF != 0
         return TrainStepOutput(
-            loss=loss, x_hat_BD=y_hat_BD.detach(), fired_F=active_BF.any(0), l0=active_BF.sum().item() / x_BD.shape[0],
+            loss=loss, y_hat_BO=y_hat_BD.detach(), fired_F=active_BF.any(0), l0=active_BF.sum().item() / x_BD.shape[0],
             losses={"fvu": fvu.item(), "mse": mse.item(), "l1": l1.item(), "aux_mse": aux_mse.item(), "sparsity_coef": coef},
         )
 
@@ -80,7 +80,7 @@ class GatedSAE(SAE):
 
     def saelens_tensors(self) -> dict[str, torch.Tensor]:
         return {"W_enc": self.W_enc_DF, "b_gate": self.b_enc_F, "r_mag": self.r_mag_F, "b_mag": self.b_mag_F,
-                "W_dec": self.W_dec_FD, "b_dec": self.b_dec_D}
+                "W_dec": self.W_dec_FO, "b_dec": self.b_dec_O}
 
     @torch.no_grad()
     def load_saelens_tensors(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -94,7 +94,7 @@ class JumpReLUSAE(SAE):
         y_hat_BD = self.decode(acts_BF)
         fvu, mse = fvu_and_mse(y_BD, y_hat_BD)
         cfg = self.cfg
-        dec_norm_F = self.W_dec_FD.norm(dim=1)
+        dec_norm_F = self.W_dec_FO.norm(dim=1)
         if cfg.sparsity_loss == "tanh":
             per_token_B = norm_weighted_penalty(acts_BF, dec_norm_F, "tanh", cfg.tanh_scale)
         else:
@@ -109,7 +109,7 @@ class JumpReLUSAE(SAE):
             loss = loss + cfg.pre_act_coef * pre_act
             losses["pre_act"] = pre_act.item()
         active_BF = acts_BF != 0
-        return TrainStepOutput(loss=loss, x_hat_BD=y_hat_BD.detach(), fired_F=active_BF.any(0),
+        return TrainStepOutput(loss=loss, y_hat_BO=y_hat_BD.detach(), fired_F=active_BF.any(0),
                                l0=active_BF.sum().item() / x_BD.shape[0], losses=losses)
 
     @torch.no_grad()

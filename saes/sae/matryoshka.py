@@ -51,13 +51,13 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         codes = self.batch_codes(x_BD, k, self.aux_dead(state))
         self.update_threshold(codes.vals_N)
         prefix_fvus = []
-        y_hat_BD = self.b_dec_D.expand(x_BD.shape[0], -1)
-        zero_D = torch.zeros_like(self.b_dec_D)
+        y_hat_BD = self.b_dec_O.expand(x_BD.shape[0], -1)
+        zero_D = torch.zeros_like(self.b_dec_O)
         start = 0
         for width in self.widths:
             in_group = (codes.cols_N >= start) & (codes.cols_N < width)
             y_hat_BD = y_hat_BD + ragged_decode(
-                codes.rows_N[in_group], codes.cols_N[in_group], codes.coef_N[in_group], self.W_dec_FD, zero_D, x_BD.shape[0]
+                codes.rows_N[in_group], codes.cols_N[in_group], codes.coef_N[in_group], self.W_dec_FO, zero_D, x_BD.shape[0]
             )
             prefix_fvus.append(fvu_and_mse(y_BD, y_hat_BD)[0])
             start = width

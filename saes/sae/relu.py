@@ -77,7 +77,7 @@ class ReLUSAE(SAE):
         acts_BF = pre_BF.relu()
         y_hat_BD = self.decode(acts_BF)
         fvu, mse = fvu_and_mse(y_BD, y_hat_BD)
-        dec_norm_F = self.W_dec_FD.norm(dim=1)
+        dec_norm_F = self.W_dec_FO.norm(dim=1)
         sparsity = norm_weighted_penalty(acts_BF, dec_norm_F, cfg.penalty, cfg.tanh_scale).float().mean()
         coef = cfg.l1_coef * linear_warmup(state.get("progress", 1.0), cfg.sparsity_warmup_fraction)
         loss = mse + coef * sparsity
@@ -87,7 +87,7 @@ class ReLUSAE(SAE):
             loss = loss + cfg.pre_act_coef * pre_act
             losses["pre_act"] = pre_act.item()
         active_BF = acts_BF > 0
-        return TrainStepOutput(loss=loss, x_hat_BD=y_hat_BD.detach(), fired_F=active_BF.any(0),
+        return TrainStepOutput(loss=loss, y_hat_BO=y_hat_BD.detach(), fired_F=active_BF.any(0),
                                l0=active_BF.sum().item() / x_BD.shape[0], losses=losses)
 
     @torch.no_grad()
@@ -100,15 +100,15 @@ class ReLUSAE(SAE):
             return 0
         picks = torch.multinomial(err_B / err_B.sum(), dead_idx.numel(), replacement=True)
         live_F = ~dead_F
-        dec_norm = self.W_dec_FD[live_F].norm(dim=1).mean() if bool(live_F.any()) else self.cfg.decoder_init_norm
+        dec_norm = self.W_dec_FO[live_F].norm(dim=1).mean() if bool(live_F.any()) else self.cfg.decoder_init_norm
         enc_norm = self.W_enc_DF[:, live_F].norm(dim=0).mean() if bool(live_F.any()) else 1.0
-        target_ND = y_BD[picks] - self.b_dec_D
+        target_ND = y_BD[picks] - self.b_dec_O
         source_ND = self.centered(x_BD[picks])
-        self.W_dec_FD[dead_idx] = target_ND / target_ND.norm(dim=1, keepdim=True).clamp_min(1e-8) * dec_norm
+        self.W_dec_FO[dead_idx] = target_ND / target_ND.norm(dim=1, keepdim=True).clamp_min(1e-8) * dec_norm
         self.W_enc_DF[:, dead_idx] = (source_ND / source_ND.norm(dim=1, keepdim=True).clamp_min(1e-8) * enc_norm * 0.2).T
         self.b_enc_F[dead_idx] = 0.0
         if optimizer is not None:
-            for param, index in ((self.W_dec_FD, (dead_idx,)), (self.W_enc_DF, (slice(None), dead_idx)), (self.b_enc_F, (dead_idx,))):
+            for param, index in ((self.W_dec_FO, (dead_idx,)), (self.W_enc_DF, (slice(None), dead_idx)), (self.b_enc_F, (dead_idx,))):
                 for moment in optimizer.state.get(param, {}).values():
                     if torch.is_tensor(moment) and moment.shape == param.shape:
                         moment[index] = 0.0

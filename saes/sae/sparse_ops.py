@@ -138,9 +138,9 @@ class _EncodeSelected(torch.autograd.Function):
     pre-activations, with one backward for all (their gradients are summed in place)."""
 
     @staticmethod
-    def forward(ctx, x_c_BD, W_enc_DF, b_enc_F, b_dec_D, *flat):  # type: ignore[override]
+    def forward(ctx, x_c_BD, W_enc_DF, b_enc_F, b_dec_O, *flat):  # type: ignore[override]
         ctx.save_for_backward(x_c_BD, W_enc_DF, *[t for t in flat])
-        ctx.has_b_dec = b_dec_D is not None
+        ctx.has_b_dec = b_dec_O is not None
         return tuple(vals_N.clone() for _, _, vals_N, _ in _split(flat, 4))
 
     @staticmethod
@@ -171,14 +171,14 @@ class _DecodeSelected(torch.autograd.Function):
     through the same decoder, with one backward for all."""
 
     @staticmethod
-    def forward(ctx, W_dec_FD, n_rows: int, *flat):  # type: ignore[override]
+    def forward(ctx, W_dec_FO, n_rows: int, *flat):  # type: ignore[override]
         outs, saved = [], []
         for rows_N, cols_N, coef_N, subset_S in _split(flat, 4):
-            W_CD = W_dec_FD if subset_S is None else W_dec_FD.index_select(0, subset_S)
+            W_CD = W_dec_FO if subset_S is None else W_dec_FO.index_select(0, subset_S)
             outs.append(spmm(rows_N, cols_N, coef_N, W_CD, n_rows))
             saved += [rows_N, cols_N, coef_N, subset_S, W_CD]
         ctx.save_for_backward(*saved)
-        ctx.d_sae = W_dec_FD.shape[0]
+        ctx.d_sae = W_dec_FO.shape[0]
         return tuple(outs)
 
     @staticmethod
@@ -201,31 +201,31 @@ class _DecodeSelected(torch.autograd.Function):
 
 
 @torch.no_grad()
-def pre_acts(x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, b_dec_D: torch.Tensor | None
+def pre_acts(x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, b_dec_O: torch.Tensor | None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x_c, pre)`` outside autograd: ``x_c = x - b_dec`` (or ``x`` when ``b_dec_D`` is None)
+    """``(x_c, pre)`` outside autograd: ``x_c = x - b_dec`` (or ``x`` when ``b_dec_O`` is None)
     and ``pre = x_c @ W_enc + b_enc`` (in the autocast dtype under autocast)."""
     if x_BD.requires_grad:
         raise ValueError("the sparse encoder computes no gradient for its input; detach x_BD")
-    x_c_BD = x_BD - b_dec_D if b_dec_D is not None else x_BD
+    x_c_BD = x_BD - b_dec_O if b_dec_O is not None else x_BD
     return x_c_BD, torch.addmm(b_enc_F, x_c_BD, W_enc_DF)
 
 
-def encode_selected(x_c_BD, W_enc_DF, b_enc_F, b_dec_D, rows_N, cols_N, vals_N, subset_S=None, aux=None):
+def encode_selected(x_c_BD, W_enc_DF, b_enc_F, b_dec_O, rows_N, cols_N, vals_N, subset_S=None, aux=None):
     """``vals_N`` (``relu`` of the selected pre-activations, computed by the caller) with gradients
     to the encoder through those entries only. ``cols_N`` index ``subset_S`` when given. With
     ``aux = (rows, cols, vals, subset)``, a second selection (AuxK's): returns both value tensors,
     their encoder gradients summed in one backward."""
     flat = (rows_N, cols_N, vals_N, subset_S, *(aux or ()))
-    out = _EncodeSelected.apply(x_c_BD, W_enc_DF, b_enc_F, b_dec_D, *flat)
+    out = _EncodeSelected.apply(x_c_BD, W_enc_DF, b_enc_F, b_dec_O, *flat)
     return out if aux is not None else out[0]
 
 
-def decode_selected(rows_N, cols_N, coef_N, W_dec_FD, n_rows: int, subset_S=None, aux=None):
+def decode_selected(rows_N, cols_N, coef_N, W_dec_FO, n_rows: int, subset_S=None, aux=None):
     """``[n_rows, D]``: ``sum coef * W_dec[cols]`` per row (no bias); ``cols_N`` index ``subset_S``
     when given; rows sorted. With ``aux = (rows, cols, coef, subset)``: both decodes, one backward."""
     flat = (rows_N, cols_N, coef_N, subset_S, *(aux or ()))
-    out = _DecodeSelected.apply(W_dec_FD, n_rows, *flat)
+    out = _DecodeSelected.apply(W_dec_FO, n_rows, *flat)
     return out if aux is not None else out[0]
 
 
@@ -237,22 +237,11 @@ def topk_select(pre_BF: torch.Tensor, k: int, out_dtype: torch.dtype) -> tuple[t
         return rows_N, idx_BK.reshape(-1), vals_BK.reshape(-1).to(out_dtype).clamp_min_(0)
 
 
-def topk_encode(
-    x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, b_dec_D: torch.Tensor | None, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(vals_BK, idx_BK)`` of ``relu(topk((x - b_dec) @ W_enc + b_enc, k))``; ``x_BD`` must not
-    require grad. Pass ``b_dec_D=None`` to skip the input centering (transcoders)."""
-    x_c_BD, pre_BF = pre_acts(x_BD, W_enc_DF, b_enc_F, b_dec_D)
-    rows_N, cols_N, vals_N = topk_select(pre_BF, k, x_BD.dtype)
-    vals_N = encode_selected(x_c_BD, W_enc_DF, b_enc_F, b_dec_D, rows_N, cols_N, vals_N)
-    return vals_N.view(-1, k), cols_N.view(-1, k)
-
-
-def sparse_decode(idx_BK: torch.Tensor, vals_BK: torch.Tensor, W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor) -> torch.Tensor:
+def sparse_decode(idx_BK: torch.Tensor, vals_BK: torch.Tensor, W_dec_FO: torch.Tensor, b_dec_O: torch.Tensor) -> torch.Tensor:
     """``sum_k vals[b, k] * W_dec[idx[b, k]] + b_dec`` as ``[B, D]`` without a dense ``[B, F]``."""
     B, K = idx_BK.shape
     rows_N = torch.arange(B, device=idx_BK.device).repeat_interleave(K)
-    return decode_selected(rows_N, idx_BK.reshape(-1), vals_BK.reshape(-1), W_dec_FD, B) + b_dec_D
+    return decode_selected(rows_N, idx_BK.reshape(-1), vals_BK.reshape(-1), W_dec_FO, B) + b_dec_O
 
 
 def batch_topk_select(pre_BF: torch.Tensor, n_keep: int, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -265,22 +254,11 @@ def batch_topk_select(pre_BF: torch.Tensor, n_keep: int, out_dtype: torch.dtype)
         return flat_N // d_sae, flat_N % d_sae, vals_N[order].to(out_dtype).clamp_min_(0)
 
 
-def batch_topk_encode(
-    x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, b_dec_D: torch.Tensor | None, n_keep: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(rows_N, cols_N, vals_N)``: the ``n_keep`` largest pre-activations of the whole batch
-    (ReLU applied), sorted by row; gradients flow to the encoder through the selected entries
-    only. ``x_BD`` must not require grad; ``b_dec_D=None`` skips input centering."""
-    x_c_BD, pre_BF = pre_acts(x_BD, W_enc_DF, b_enc_F, b_dec_D)
-    rows_N, cols_N, vals_N = batch_topk_select(pre_BF, n_keep, x_BD.dtype)
-    return rows_N, cols_N, encode_selected(x_c_BD, W_enc_DF, b_enc_F, b_dec_D, rows_N, cols_N, vals_N)
-
-
 def ragged_decode(
-    rows_N: torch.Tensor, cols_N: torch.Tensor, vals_N: torch.Tensor, W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, n_rows: int
+    rows_N: torch.Tensor, cols_N: torch.Tensor, vals_N: torch.Tensor, W_dec_FO: torch.Tensor, b_dec_O: torch.Tensor, n_rows: int
 ) -> torch.Tensor:
     """``[n_rows, D]``: ``b_dec + sum vals * W_dec[cols]`` per row, for entries sorted by row."""
-    return decode_selected(rows_N, cols_N, vals_N, W_dec_FD, n_rows) + b_dec_D
+    return decode_selected(rows_N, cols_N, vals_N, W_dec_FO, n_rows) + b_dec_O
 
 
 def auxk_select(pre_BF: torch.Tensor, dead_idx_S: torch.Tensor, k_aux: int, out_dtype: torch.dtype

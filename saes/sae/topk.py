@@ -89,7 +89,7 @@ class TopKSAE(SAE):
 
     def selection_scale(self) -> torch.Tensor | None:
         """Per-latent factor applied before selection (decoder row norms), or None."""
-        return self.W_dec_FD.norm(dim=1) if self.cfg.decoder_norm_selection else None
+        return self.W_dec_FO.norm(dim=1) if self.cfg.decoder_norm_selection else None
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre_BF = self.pre_acts(x_BD)
@@ -120,15 +120,15 @@ class TopKSAE(SAE):
                                       aux=aux.selection() if aux is not None else None)
             if aux is not None:
                 vals_N, aux.vals_N = encoded
-                y_hat_BD, err_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FD, x_BD.shape[0], aux=aux.selection())
+                y_hat_BD, err_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FO, x_BD.shape[0], aux=aux.selection())
             else:
                 vals_N = encoded
-                y_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FD, x_BD.shape[0])
-            y_hat_BD = y_hat_BD + self.b_dec_D
+                y_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FO, x_BD.shape[0])
+            y_hat_BD = y_hat_BD + self.b_dec_O
         else:  # selection on pre * ||W_dec||: dense autograd through the norms
             vals_BK, idx_BK = (self.pre_acts(x_BD) * scale_F).topk(k, dim=1, sorted=False)
             vals_BK = vals_BK.clamp_min(0)
-            y_hat_BD = sparse_decode(idx_BK, vals_BK / scale_F[idx_BK], self.W_dec_FD, self.b_dec_D)
+            y_hat_BD = sparse_decode(idx_BK, vals_BK / scale_F[idx_BK], self.W_dec_FO, self.b_dec_O)
             vals_N, cols_N = vals_BK.reshape(-1), idx_BK.reshape(-1)
         fvu, _ = fvu_and_mse(y_BD, y_hat_BD)
         loss = fvu
@@ -149,7 +149,7 @@ class TopKSAE(SAE):
         fired_F[cols_N[active_N]] = True
         return TrainStepOutput(
             loss=loss,
-            x_hat_BD=y_hat_BD.detach(),
+            y_hat_BO=y_hat_BD.detach(),
             fired_F=fired_F,
             l0=active_N.sum().item() / x_BD.shape[0],
             losses=losses,
@@ -167,7 +167,7 @@ class TopKSAE(SAE):
         """The AuxK loss of encoded ``auxk_codes`` (the math of ``_auxk_loss``); ``err_hat_BD``:
         their decode if already done."""
         if err_hat_BD is None:
-            err_hat_BD = decode_selected(*aux.selection()[:3], self.W_dec_FD, aux.n_rows, aux.dead_idx_S)
+            err_hat_BD = decode_selected(*aux.selection()[:3], self.W_dec_FO, aux.n_rows, aux.dead_idx_S)
         scale = min(aux.dead_idx_S.numel() / self.aux_k, 1.0)
         return scale * (err_hat_BD.float() - err_BD.float()).pow(2).sum() / total_var
 
@@ -186,7 +186,7 @@ class TopKSAE(SAE):
         vals_BK = vals_BK.clamp_min(0)
         if scale_F is not None:
             vals_BK = vals_BK / scale_F[dead_idx][pos_BK]
-        err_hat_BD = sparse_decode(dead_idx[pos_BK], vals_BK, self.W_dec_FD, torch.zeros_like(self.b_dec_D))
+        err_hat_BD = sparse_decode(dead_idx[pos_BK], vals_BK, self.W_dec_FO, torch.zeros_like(self.b_dec_O))
         scale = min(dead_idx.numel() / self.aux_k, 1.0)
         return scale * (err_hat_BD.float() - err_BD.float()).pow(2).sum() / total_var
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saes.atomic import atomic_write_text
 from saes.paths import cache_dir
 
 ENV_URI = "MONGO_URI"
@@ -218,9 +219,7 @@ def _read_state(data_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_state(data_dir: Path, state: dict[str, Any]) -> None:
-    tmp = data_dir / f".{STATE_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, data_dir / STATE_FILE)
+    atomic_write_text(data_dir / STATE_FILE, json.dumps(state, indent=1))
 
 
 def _pid_alive(pid: int) -> bool:

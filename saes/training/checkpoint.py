@@ -7,31 +7,19 @@ buffer contents and RNG) and the W&B run ids. It is deleted when the run finishe
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from saes.atomic import atomic_write
+
 STATE_FILE = Path("checkpoint") / "state.pt"
 
 
 def save_state(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``run_dir/checkpoint/state.pt`` via a temporary file and a rename."""
-    path = run_dir / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write ``state`` to ``run_dir/checkpoint/state.pt`` atomically."""
+    return atomic_write(run_dir / STATE_FILE, lambda f: torch.save(state, f))
 
 
 def load_state(run_dir: Path) -> dict[str, Any] | None:

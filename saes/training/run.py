@@ -22,20 +22,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from saes.activations import ActivationSource, HookError
+from saes.activations import ModelForwards, HookError
 from saes.data import load_corpus
 from saes.errors import ConfigError
-from saes.evaluation import Splice, position_summary
+from saes.formatting import flatten
+from saes.evaluate.metrics import position_summary
+from saes.evaluate.lm import Splice
 from saes.layers import parse_layers
 from saes.models import load_model, resolve_device
 from saes.sae.formats import save_sae
 from saes.sae.registry import build
 from saes.training.checkpoint import load_state, remove_state, save_state
-from saes.training.evals import eval_record, evaluate_saes, lm_evaluator, periodic_lm_evaluator
+from saes.evaluate.held_out import eval_record, evaluate_saes, lm_evaluator, periodic_lm_evaluator
 from saes.training.metrics_log import MetricsLog
 from saes.training.plan import MemberSpec, plan_members
 from saes.training.schedules import SCHEDULES
-from saes.training.stream import TrainingStream
+from saes.activations.model_stream import ModelActivationStream
 from saes.training.trainer import AUTOCAST_DTYPES, B_DEC_INITS, SAETrainer
 
 SAE_DIR = "sae"
@@ -125,11 +127,11 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
     corpus = load_corpus(cfg.data, model.tokenizer, cfg.model.bos_token)
     excluded = corpus.special_ids() if cfg.data.exclude_special else None
     hooks = list(dict.fromkeys(h for s in specs for h in (s.hook_in, s.hook_out)))
-    source = ActivationSource(model, hooks, excluded, device=device)
+    source = ModelForwards(model, hooks, excluded, device=device)
 
     heldout = corpus.heldout_contexts(cfg.training.eval_tokens)
     held = _concat(source.stream(iter(heldout), cfg.activations.batch_contexts))
-    stream = TrainingStream(corpus, source, cfg.activations.batch_contexts, min(cfg.activations.buffer_tokens, cfg.tokens),
+    stream = ModelActivationStream(corpus, source, cfg.activations.batch_contexts, min(cfg.activations.buffer_tokens, cfg.tokens),
                             cfg.training.batch_size, cfg.tokens, cfg.seed, _prefetch_forwards(cfg))
     members = [Member(s, run_dir / s.name, SAETrainer(build(s.sae_options, held[s.hook_in].shape[1], _d_out(s, held)).to(device),
                                                         cfg.optimizer, cfg.training, cfg.tokens)) for s in specs]
@@ -141,12 +143,12 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
             m.trainer.load_state_dict(state["members"][m.spec.name])
         print(f"resuming {run_dir} at {members[0].trainer.tokens:,} tokens")
     else:
-        sample = stream.peek(cfg.training.norm_estimate_tokens, cfg.seed)
+        sample = stream.sample(cfg.training.norm_estimate_tokens, cfg.seed)
         for m in members:
             x, y = sample[m.spec.hook_in], sample[m.spec.hook_out]
             m.trainer.initialize_from_data(x, x if m.spec.hook_out == m.spec.hook_in else y, torch.Generator().manual_seed(cfg.seed))
     for m in members:
-        m.log = MetricsLog(m.dir, cfg.logger, _wandb_name(cfg, m.spec), _flat(checkpoint_metadata(cfg, m.spec, m.trainer, "training")["config"]),
+        m.log = MetricsLog(m.dir, cfg.logger, _wandb_name(cfg, m.spec), flatten(checkpoint_metadata(cfg, m.spec, m.trainer, "training")["config"]),
                            group=group or f"{cfg.model.name}_{cfg.sae.architecture}/{run_dir.name}", tags=_tags(cfg, m.spec),
                            wandb_id=(state or {}).get("wandb_ids", {}).get(m.spec.name),
                            resume_step=m.trainer.step_count if state is not None else None)
@@ -166,7 +168,7 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
     return results
 
 
-def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], held: dict, run_dir: Path, periodic_lm,
+def _train_loop(cfg: DictConfig, stream: ModelActivationStream, members: list[Member], held: dict, run_dir: Path, periodic_lm,
                 model_lock: threading.Lock) -> str:
     """Step every SAE on every batch until the token budget; returns the run status. ``model_lock``
     keeps the periodic LM evaluation from running the model during a prefetched forward."""
@@ -224,7 +226,7 @@ def _train_loop(cfg: DictConfig, stream: TrainingStream, members: list[Member], 
     return status
 
 
-def _checkpoint(cfg: DictConfig, stream: TrainingStream, members: list[Member], run_dir: Path, status: str) -> None:
+def _checkpoint(cfg: DictConfig, stream: ModelActivationStream, members: list[Member], run_dir: Path, status: str) -> None:
     """Resumable state for the run plus a loadable, folded ``sae/`` for every SAE."""
     save_state(run_dir, {
         "stream": stream.state_dict(),
@@ -252,7 +254,7 @@ def _log_eval(members: list[Member], held: dict, lm) -> None:
 
 
 def _final_evals(cfg, members: list[Member], status: str, held: dict, heldout: torch.Tensor, model,
-                 source: ActivationSource, periodic_lm) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+                 source: ModelForwards, periodic_lm) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Per SAE: the final held-out metrics (LM metrics only for a finished run) and the last
     ``eval/*`` record, whose LM metrics come from the periodic contexts like the earlier ones."""
     ce_tokens = cfg.training.ce_tokens if status == "finished" else 0
@@ -266,7 +268,7 @@ def _final_evals(cfg, members: list[Member], status: str, held: dict, heldout: t
 
 
 def _finish_member(cfg, m: Member, status: str, evaluation: dict[str, Any], record: dict[str, Any],
-                   source: ActivationSource, train_seconds: float, wall_start: float) -> dict[str, Any]:
+                   source: ModelForwards, train_seconds: float, wall_start: float) -> dict[str, Any]:
     """The folded checkpoint, the last evaluation record and metrics.json of one SAE."""
     folded = m.trainer.folded_copy().eval()
     evaluation = dict(evaluation)
@@ -317,13 +319,3 @@ def _concat(batches) -> dict[str, torch.Tensor]:
         for name, tensor in batch.items():
             parts.setdefault(name, []).append(tensor)
     return {name: torch.cat(tensors) for name, tensors in parts.items()}
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config -> ``{"a.b": value}`` so W&B can compare runs key by key."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out

@@ -62,7 +62,7 @@ class SAETrainer:
         self.optimizer_cfg = optimizer_cfg
         self.total_steps = max(1, total_tokens // training_cfg.batch_size)
         self.warmup_steps = max(1, int(optimizer_cfg.warmup_fraction * self.total_steps))
-        device = sae.W_dec_FD.device
+        device = sae.W_dec_FO.device
         groups = sae.param_groups(optimizer_cfg.lr)
         for group in groups:
             group["base_lr"] = group["lr"]
@@ -92,9 +92,9 @@ class SAETrainer:
         y = y_ND * self.scale_out
         init = self.training_cfg.b_dec_init
         if init == "mean":
-            self.sae.b_dec_D.copy_(y.mean(0))
+            self.sae.b_dec_O.copy_(y.mean(0))
         elif init == "geometric_median":
-            self.sae.b_dec_D.copy_(geometric_median(y))
+            self.sae.b_dec_O.copy_(geometric_median(y))
         elif init != "zeros":
             raise ConfigError(f"training.b_dec_init={init!r} is unknown; use one of {B_DEC_INITS}")
 

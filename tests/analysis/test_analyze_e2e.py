@@ -29,7 +29,7 @@ from saes.sae.formats import load_sae
 from saes.store import StoreConnectionError, connect, get_dictionary, list_analyses, unpack_array
 
 from ..conftest import REPO
-from .conftest import DATA, HOOK
+from tests.conftest import DATA, HOOK
 
 register_analyze_configs()
 D_SAE, K = 256, 8
@@ -93,7 +93,7 @@ def analyzed(make_sae, mongo_uri, smollm, smollm_hf, tmp_path_factory) -> Simple
     x = torch.cat([hf_block_output(smollm_hf, t, layer=3) for t in tokens.split(16)])
     sae = load_sae(run / "sae")
     with torch.no_grad():
-        pre = (x.reshape(-1, 576) - sae.b_dec_D) @ sae.W_enc_DF + sae.b_enc_F
+        pre = (x.reshape(-1, 576) - sae.b_dec_O) @ sae.W_enc_DF + sae.b_enc_F
         vals, idx = pre.topk(K, dim=1)
         acts = torch.zeros_like(pre).scatter_(1, idx, vals.clamp_min(0))
     keep = ~torch.isin(tokens, torch.tensor(sorted(set(tokenizer.all_special_ids) | {bos})))
@@ -194,7 +194,7 @@ def test_random_examples_are_real_firings(analyzed):
 
 
 def test_logit_effects_match_a_direct_computation(analyzed, smollm_hf):
-    W_dec = analyzed.sae.W_dec_FD.detach()
+    W_dec = analyzed.sae.W_dec_FO.detach()
     with torch.no_grad():  # the HF model's own final RMSNorm weight and lm_head
         effects = (W_dec * smollm_hf.model.norm.weight) @ smollm_hf.lm_head.weight.T
     top, bottom = effects.topk(10, dim=1), effects.topk(10, dim=1, largest=False)
@@ -206,7 +206,7 @@ def test_logit_effects_match_a_direct_computation(analyzed, smollm_hf):
 
 
 def test_nearest_neighbours_by_decoder_cosine(analyzed):
-    W = analyzed.sae.W_dec_FD.detach().double()
+    W = analyzed.sae.W_dec_FO.detach().double()
     cos = (W @ W.T) / (W.norm(dim=1)[:, None] * W.norm(dim=1)[None, :])
     cos.fill_diagonal_(-2)
     top = cos.topk(10, dim=1)

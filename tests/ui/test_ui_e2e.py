@@ -27,7 +27,7 @@ from tests.analysis.conftest import make_sae, mongo_uri  # noqa: F401  (shared f
 from tests.server.conftest import DB_NAME, WRITE_TOKEN, analyzed  # noqa: F401
 
 from ..conftest import REPO
-from .conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS
 
 LIVE_TEXT = "def main():\n    print('Hello <b>world</b> & friends')\n    return 42"
 EXPLANATION = "Fires on <tokens> & spaces before code"

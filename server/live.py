@@ -1,0 +1,53 @@
+"""Feature activations of an SAE on a piece of text (live inference for the server and notebooks).
+
+Text is tokenized the way training contexts were: the model's BOS token first, no other special
+tokens. Positions holding special tokens get activation 0 (they are excluded from training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import saes
+from saes.activations import stop_at_layer
+from saes.data import bos_token_id
+from saes.models import load_model
+from saes.sae.base import SAE
+from saes.sae.formats import load_metadata
+
+
+@dataclass
+class TextActivations:
+    """Per-token feature activations of one text."""
+
+    tokens: list[str]
+    """Token strings, BOS first."""
+    acts_TF: torch.Tensor
+    """``[T, F]`` activations (0 at special-token positions)."""
+
+
+class LiveSAE:
+    """A model and one of its SAEs, loaded once, turning text into feature activations."""
+
+    def __init__(self, sae_path: str | Path, device: str = "cpu"):
+        self.sae: SAE = saes.load(sae_path, device=device).eval()
+        meta = load_metadata(Path(sae_path) / "sae" if (Path(sae_path) / "sae").is_dir() else sae_path)
+        self.hook = meta["hook_name"]
+        config = meta.get("config", {})
+        self.model = load_model(meta["model_name"], device=device, dtype="float32")
+        self.tokenizer = self.model.tokenizer
+        self.bos_id = bos_token_id(self.tokenizer, config.get("model", {}).get("bos_token"))
+        self.excluded = torch.tensor(sorted(set(self.tokenizer.all_special_ids) | {self.bos_id}))
+        self.stop = stop_at_layer([self.hook], self.model.cfg.n_layers)
+
+    @torch.inference_mode()
+    def activations(self, text: str) -> TextActivations:
+        ids = [self.bos_id] + self.tokenizer(text, add_special_tokens=False).input_ids
+        tokens_1T = torch.tensor([ids], device=self.sae.W_dec_FO.device)
+        _, cache = self.model.run_with_cache(tokens_1T, names_filter=[self.hook], stop_at_layer=self.stop)
+        acts_TF = self.sae.encode(cache[self.hook][0].float())
+        acts_TF[torch.isin(tokens_1T[0], self.excluded.to(tokens_1T.device))] = 0
+        return TextActivations([self.tokenizer.decode([i]) for i in ids], acts_TF.cpu())
