@@ -195,36 +195,6 @@ class TrainConfig:
     """Model dtype: ``float32``, ``bfloat16`` or ``float16``."""
 
 
-@dataclass
-class EvaluateConfig:
-    """``python -m saes.evaluate sae=<folder>``: held-out metrics of one SAE.
-
-    ``model``, ``data`` and ``site`` come from the SAE's own metadata (the training config for
-    SAEs trained by saes; ``model_name``/``hook_name``/``context_size`` for SAELens checkpoints).
-    Selecting a group (``model=gpt2``, ``data=pydocs``, ``site=mlp_out``) replaces that part;
-    setting a key (``data.holdout_tokens=8192``, ``site.hook_in=blocks.5.hook_resid_pre``)
-    changes only that key.
-    """
-
-    sae: str = MISSING
-    """SAE folder (``cfg.json`` + weights) or a training run folder holding ``sae/``."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    site: SiteConfig = field(default_factory=SiteConfig)
-    layer: Optional[int] = None
-    """Replaces ``{layer}`` in ``site.hook_in``; None: the SAE's own layer."""
-    eval_tokens: int = 50_000
-    """Held-out tokens for reconstruction metrics (explained variance, MSE, L0, densities)."""
-    ce_tokens: int = 8_192
-    """Held-out tokens (the first of the same contexts) for the LM-loss metrics; 0 skips them."""
-    batch_contexts: int = 8
-    """Contexts per model forward."""
-    device: str = "auto"
-    """Where the model and SAE run: ``auto`` (cuda if available), ``cpu``, ``cuda:N``, ``mps``."""
-    dtype: Optional[str] = None
-    """Model dtype; None: the one the SAE was trained with (float32 for foreign SAEs)."""
-
-
 def run_name(override_dirname: str) -> str:
     """Folder name of a run from its overrides: ``default`` when none, else the overrides made
     filesystem-safe (long ones shortened with a hash so names stay unique)."""
@@ -246,15 +216,3 @@ def register_configs() -> None:
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 """The Hydra config groups: ``conf/`` at the top of the repository, shipped inside the package as
 ``saes/conf`` (a link to it in the repository, a copy in a built wheel)."""
-EVALUATE_GROUPS = ("model", "data", "site")
-
-
-def register_evaluate_configs() -> None:
-    """Register ``conf/evaluate.yaml``, its schema and the model/data/site options in ConfigStore
-    (``saes.evaluate`` reads its config from there, where ``sae`` is not a config group)."""
-    store = ConfigStore.instance()
-    store.store(name="evaluate_schema", node=EvaluateConfig)
-    store.store(name="evaluate", node=OmegaConf.load(CONF_DIR / "evaluate.yaml"))
-    for group in EVALUATE_GROUPS:
-        for path in sorted((CONF_DIR / group).glob("*.yaml")):
-            store.store(group=group, name=path.stem, node=OmegaConf.load(path))

@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from saes.config import register_evaluate_configs
+from saes.evaluate.config import register_evaluate_configs
 from saes.errors import ConfigError
 
 register_evaluate_configs()

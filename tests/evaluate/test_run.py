@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize
 
-from saes.config import register_evaluate_configs
+from saes.evaluate.config import register_evaluate_configs
 from saes.errors import ConfigError
 from saes.evaluate.run import eval_setup, sae_folder, user_settings
 
