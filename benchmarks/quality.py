@@ -99,14 +99,13 @@ def train_variant(cfg, parts, held, model, ce_contexts, keep_fn) -> dict:
     sample = concat(first)
     d_out = held[hook_out].shape[1] if hook_out != hook_in else None
     sae = build(OmegaConf.to_container(cfg.sae, resolve=True), d_in=held[hook_in].shape[1], d_out=d_out)
-    trainer = SAETrainer(sae, cfg.optimizer, cfg.training, cfg.tokens)
-    trainer.initialize_from_data(sample[hook_in], sample[hook_out] if hook_out != hook_in else sample[hook_in], generator)
+    trainer = SAETrainer(sae, cfg.optimizer, cfg.training, cfg.tokens, (hook_in,), (hook_out,))
+    trainer.initialize_from_data(sample, generator)
     start = time.perf_counter()
     for batch in itertools.chain(first, batches):
         if trainer.tokens >= cfg.tokens:
             break
-        x = batch[hook_in]
-        trainer.step(x, x if hook_out == hook_in else batch[hook_out])
+        trainer.step(batch)
     seconds = time.perf_counter() - start
     folded = trainer.folded_copy().eval()
     recon = reconstruction_metrics(folded, held[hook_in], held[hook_out])

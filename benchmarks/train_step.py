@@ -132,7 +132,7 @@ def bench_size(d: int, m: int, k: int, B: int, args, device: torch.device) -> li
 
     def ours() -> None:
         trainer.tokens_since_fired_F.masked_fill_(dead_F, 10**15)  # hold the dead set fixed
-        trainer.step(xs[counter["i"] % len(xs)], xs[counter["i"] % len(xs)])
+        trainer.step({"x": xs[counter["i"] % len(xs)]})
         counter["i"] += 1
 
     dense = DenseTopKSAE(d, m, k, k_aux).to(device)

@@ -1,8 +1,10 @@
 """``python -m saes.analyze sae=<run folder>``: statistics and examples of every feature of an SAE
-into MongoDB (see conf/analyze.yaml; ``--help`` lists the groups).
+into MongoDB (see conf/analyze.yaml; ``--help`` lists the groups). ``sae=`` is stored as
+``sae_path`` (``saes.resolve.sae_argv``), as in ``python -m saes.evaluate``.
 
     python -m saes.analyze sae=outputs/train/smollm2-135m_topk/default
     python -m saes.analyze sae=<run> analysis.tokens=1000000 data=fineweb_edu
+    python -m saes.analyze sae=path/to/saelens_sae model=gpt2 data=pydocs   # a foreign checkpoint
     MONGO_URI=mongodb://db.example:27017 python -m saes.analyze sae=<run>
 """
 
@@ -16,6 +18,7 @@ from omegaconf import DictConfig
 
 from saes.analysis.config import register_analyze_configs
 from saes.errors import ConfigError
+from saes.resolve import sae_argv
 
 register_analyze_configs()
 
@@ -46,15 +49,9 @@ def format_summary(s: dict) -> str:
     ])  # fmt: skip
 
 
-def sae_arg(argv: list[str]) -> list[str]:
-    """``sae=<path>`` -> ``sae_path=<path>``: ``conf/sae/`` is a training config group, so Hydra
-    would read ``sae=`` as a group choice."""
-    return [f"sae_path={a[4:]}" if a.startswith("sae=") else a for a in argv]
-
-
 def cli() -> None:
-    """Entry point: renames ``sae=`` before Hydra parses the command line."""
-    sys.argv = [sys.argv[0], *sae_arg(sys.argv[1:])]
+    """Entry point: ``sae=`` becomes ``sae_path=`` before Hydra parses the command line."""
+    sys.argv = [sys.argv[0], *sae_argv(sys.argv[1:])]
     main()
 
 

@@ -1,9 +1,10 @@
 """Typed schemas for every Hydra config group, registered in Hydra's ConfigStore.
 
 Each YAML file under ``conf/<group>/`` is validated against the dataclass of its group, so a
-misspelled key or a wrong type fails at start-up with Hydra's error naming the key. The ``sae``
-group is the exception: its keys depend on the variant, and ``saes.sae.registry`` validates them
-against the variant's own dataclass.
+misspelled key, a wrong type or a value outside an Enum's choices fails at composition with
+OmegaConf's error naming the key (and the allowed values). The ``sae`` group is the exception: its
+keys depend on the variant (and list values sweep), so ``saes.sae.registry`` validates each SAE's
+options against the variant's own dataclass through OmegaConf, with the same messages.
 """
 
 from __future__ import annotations
@@ -11,11 +12,62 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+
+class DType(StrEnum):
+    """Floating-point types of model weights."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class DataSource(StrEnum):
+    """Where the text comes from."""
+
+    pydocs = "pydocs"
+    hub = "hub"
+    files = "files"
+
+
+class Schedule(StrEnum):
+    """Learning-rate decay after warmup."""
+
+    constant = "constant"
+    cosine = "cosine"
+    linear = "linear"
+
+
+class BDecInit(StrEnum):
+    """How the decoder bias is initialised from a sample of the training targets."""
+
+    mean = "mean"
+    geometric_median = "geometric_median"
+    zeros = "zeros"
+
+
+class AutocastDType(StrEnum):
+    """Reduced precision of the SAE step's matmuls under autocast."""
+
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class LoggerKind(StrEnum):
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(StrEnum):
+    auto = "auto"
+    online = "online"
+    offline = "offline"
 
 
 @dataclass
@@ -43,7 +95,7 @@ class ModelConfig:
 class DataConfig:
     """Where text comes from and how it becomes token contexts."""
 
-    source: str = MISSING
+    source: DataSource = MISSING
     """``pydocs`` (offline Python documentation), ``hub`` (a Hugging Face dataset, streamed) or
     ``files`` (local text/json/jsonl/parquet files)."""
     path: Optional[str] = None
@@ -88,7 +140,7 @@ class OptimizerConfig:
     """Adam epsilon."""
     warmup_fraction: float = 0.05
     """Fraction of the training steps spent warming the LR up linearly from 0."""
-    schedule: str = "cosine"
+    schedule: Schedule = Schedule.cosine
     """Decay after warmup: ``constant``, ``cosine`` or ``linear``."""
     final_lr_ratio: float = 0.1
     """LR at the last step as a fraction of ``lr`` (cosine/linear)."""
@@ -100,13 +152,13 @@ class OptimizerConfig:
 class LoggerConfig:
     """Where metrics go besides ``metrics.jsonl`` (always written)."""
 
-    kind: str = MISSING
+    kind: LoggerKind = MISSING
     """``wandb`` or ``none``."""
     project: str = "saes"
     """W&B project."""
     entity: Optional[str] = None
     """W&B entity (team or user); None: your default."""
-    mode: str = "auto"
+    mode: WandbMode = WandbMode.auto
     """``auto`` (online with an API key, offline without), ``online`` or ``offline``."""
     log_every: int = 10
     """Log training metrics every this many SAE steps."""
@@ -124,8 +176,8 @@ class ActivationsConfig:
     """Activation rows made ahead by model forwards in a background thread while the SAEs step
     (rounded up to whole forwards; 0: forwards and steps take turns). Same batches either way.
     Memory: this many rows x d_in floats per hook, on top of the buffer. Half the buffer lets
-    the forwards of the next refill run while the current half is trained on (see the README's
-    Performance section for what it gains)."""
+    the forwards of the next refill run while the current half is trained on (measured gains:
+    docs/performance.md)."""
 
 
 @dataclass
@@ -141,12 +193,12 @@ class TrainingConfig:
     """Tokens used to estimate the normalization scale and the b_dec initialisation."""
     dead_tokens: int = 50_000
     """A latent that has not fired for this many training tokens counts as dead (AuxK, logs)."""
-    b_dec_init: str = "mean"
+    b_dec_init: BDecInit = BDecInit.mean
     """``mean``, ``geometric_median`` or ``zeros``."""
     eval_every: int = 100_000
     """Evaluate on the held-out set every this many training tokens, logging ``eval/*`` (the final
     metrics' keys) to metrics.jsonl and W&B; the end of training adds the last point (0: only
-    that one). The default's two evaluations add ~8% to the default 300K-token run on CPU."""
+    that one)."""
     eval_tokens: int = 50_000
     """Held-out tokens for reconstruction metrics (explained variance, L0, dead latents)."""
     ce_tokens: int = 8_192
@@ -154,7 +206,7 @@ class TrainingConfig:
     periodic_ce_tokens: int = 1_024
     """Held-out tokens for the LM-loss metrics of the periodic evaluations (0: reconstruction
     metrics only); their clean next-token log-probs stay in memory (tokens x vocab floats)."""
-    autocast: Optional[str] = None
+    autocast: Optional[AutocastDType] = None
     """Mixed precision for SAE steps: ``bfloat16`` or ``float16`` autocast (weights and Adam stay
     float32); null: plain float32."""
     checkpoint_every: int = 1_000_000
@@ -181,7 +233,7 @@ class TrainConfig:
     one shared forward pass; with ``-m``, one job per layer (see ``layers_per_job``)."""
     layers_per_job: int = 1
     """With ``-m`` and a layer range: layers per job (each job shares its forward pass). Read from
-    the command line by ``launchers.argv`` before Hydra expands the sweep."""
+    the command line by ``saes.layers.expand_layer_args`` before Hydra expands the sweep."""
     resume: bool = True
     """Re-running a command continues its run folder's checkpoint; a finished run is not redone.
     ``resume=false`` starts over."""
@@ -191,7 +243,7 @@ class TrainConfig:
     """Seed for SAE initialisation and activation shuffling."""
     device: str = "auto"
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    dtype: str = "float32"
+    dtype: DType = DType.float32
     """Model dtype: ``float32``, ``bfloat16`` or ``float16``."""
 
 

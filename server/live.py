@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-import saes
 from saes.activations import stop_at_layer
 from saes.data import bos_token_id
 from saes.models import load_model
+from saes.resolve import resolve_sae
 from saes.sae.base import SAE
-from saes.sae.formats import load_metadata
+from saes.sae.formats import load_sae
 
 
 @dataclass
@@ -30,16 +30,16 @@ class TextActivations:
 
 
 class LiveSAE:
-    """A model and one of its SAEs, loaded once, turning text into feature activations."""
+    """A model and one of its SAEs, loaded once, turning text into feature activations. Model,
+    hook and BOS token come from the SAE's metadata (:func:`saes.resolve.resolve_sae`)."""
 
     def __init__(self, sae_path: str | Path, device: str = "cpu"):
-        self.sae: SAE = saes.load(sae_path, device=device).eval()
-        meta = load_metadata(Path(sae_path) / "sae" if (Path(sae_path) / "sae").is_dir() else sae_path)
-        self.hook = meta["hook_name"]
-        config = meta.get("config", {})
-        self.model = load_model(meta["model_name"], device=device, dtype="float32")
+        target = resolve_sae(sae_path, need_data=False)
+        self.sae: SAE = load_sae(target.sae_dir, device=device).eval()
+        self.hook = target.hook_in
+        self.model = load_model(target.model.source, device=device, dtype="float32")
         self.tokenizer = self.model.tokenizer
-        self.bos_id = bos_token_id(self.tokenizer, config.get("model", {}).get("bos_token"))
+        self.bos_id = bos_token_id(self.tokenizer, target.model.get("bos_token"))
         self.excluded = torch.tensor(sorted(set(self.tokenizer.all_special_ids) | {self.bos_id}))
         self.stop = stop_at_layer([self.hook], self.model.cfg.n_layers)
 

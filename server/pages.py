@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from pymongo.database import Database
 
-from saes.store import FEATURES, query
+from saes.store import query
 from server.serialize import feature_json
 
 
@@ -40,7 +40,7 @@ class FeaturePages:
                 if key in self.items:
                     self.items.move_to_end(key)
                     return self.items[key]
-            doc = db[FEATURES].find_one({"dictionary_id": dictionary_id, "analysis_id": aid, "index": index})
+            doc = query.get_analysis_feature(db, dictionary_id, aid, index)
             if doc is not None:
                 page = orjson.dumps(feature_json(doc, dictionary_id, d_sae))
                 with self.lock:

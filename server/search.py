@@ -15,7 +15,7 @@ import numpy as np
 from pymongo.database import Database
 
 from saes.store.arrays import unpack_array
-from saes.store.schema import FEATURES
+from saes.store.query import iter_analysis_features
 
 PROJECTION = {"index": 1, "strings": 1, "logits.top.tokens": 1, "top.tokens": 1, "top.center": 1, "_id": 0}
 
@@ -26,8 +26,7 @@ class SearchIndex:
     def __init__(self, db: Database, dictionary_id: str, analysis_id: str):
         self.logits: dict[int, list[str]] = {}
         self.context: dict[int, list[str]] = {}
-        cursor = db[FEATURES].find({"dictionary_id": dictionary_id, "analysis_id": analysis_id}, PROJECTION)
-        for doc in cursor.batch_size(2000):
+        for doc in iter_analysis_features(db, dictionary_id, analysis_id, PROJECTION):
             index = int(doc["index"])
             self.logits[index] = list(((doc.get("logits") or {}).get("top") or {}).get("tokens") or [])
             top, strings = doc.get("top"), doc.get("strings") or []

@@ -44,7 +44,7 @@ def test_misspelled_key_and_unknown_group_option_fail_by_name():
 
 
 def test_prefetch_tokens_become_whole_forwards_and_negative_fails_by_key():
-    from saes.training.run import _prefetch_forwards, validate_config
+    from saes.training.wiring import _prefetch_forwards, validate_config
 
     cfg = _compose(["activations.batch_contexts=32", "data.context_size=128"])  # 4,096 rows per forward
     assert _prefetch_forwards(cfg) == 65_536 // 4_096  # the default: half the 131,072-row buffer

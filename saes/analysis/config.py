@@ -2,21 +2,20 @@
 
 Model, data and site default to what the SAE was trained with (its ``cfg.json`` metadata). The
 ``model``, ``data`` and ``site`` keys here only override: every key defaults to None (= keep the
-SAE's value), and choosing a group (``data=fineweb_edu``) replaces the SAE's choice as a whole.
+SAE's value), and choosing a group (``data=fineweb_edu``) replaces the SAE's choice as a whole
+(the same schema and rules as ``python -m saes.evaluate``: :mod:`saes.resolve`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from saes.config import DataConfig, ModelConfig, SiteConfig
 from saes.errors import ConfigError
+from saes.resolve import DataOverride, ModelOverride, SiteOverride
 
 
 @dataclass
@@ -57,40 +56,22 @@ class AnalysisConfig:
     """Seed of the reservoir sampling."""
 
 
-def _overrides_of(cls: type, keep: tuple[str, ...] = ()) -> type:
-    """``cls`` with every field Optional and None by default (= "not overridden"), except ``keep``."""
-    hints = typing.get_type_hints(cls)
-    fields: list[tuple[str, Any, Any]] = []
-    for f in dataclasses.fields(cls):
-        if f.name in keep:
-            fields.append((f.name, hints[f.name], field(default=f.default)))
-        else:
-            fields.append((f.name, Optional[hints[f.name]], field(default=None)))
-    return dataclasses.make_dataclass(f"{cls.__name__}Override", fields, namespace={"__module__": __name__})
-
-
-ModelOverride = _overrides_of(ModelConfig, keep=("device", "dtype"))
-"""Keys of :class:`saes.config.ModelConfig`; None keeps the SAE's model setting."""
-DataOverride = _overrides_of(DataConfig)
-"""Keys of :class:`saes.config.DataConfig`; None keeps the SAE's dataset setting."""
-SiteOverride = _overrides_of(SiteConfig)
-"""Keys of :class:`saes.config.SiteConfig`; None keeps the SAE's hooks. ``{layer}`` is the SAE's layer."""
-
-
 @dataclass
 class AnalyzeConfig:
     """``python -m saes.analyze sae=<path>``: per-feature statistics and examples into MongoDB."""
 
     sae_path: str = MISSING
-    """The SAE: a training run folder or its ``sae/`` folder. Given as ``sae=<path>`` on the
-    command line (``conf/sae/`` is a training group, so the key is stored under this name)."""
+    """The SAE: a training run folder or its ``sae/`` folder (or any SAELens-format folder); given
+    as ``sae=<path>`` on the command line (``conf/sae/`` is a training group)."""
     analysis: AnalysisConfig = MISSING
     model: ModelOverride = field(default_factory=ModelOverride)  # type: ignore[valid-type]
     """Overrides of the SAE's model (``model=<group>`` or ``model.<key>=``)."""
     data: DataOverride = field(default_factory=DataOverride)  # type: ignore[valid-type]
     """Overrides of the SAE's dataset (``data=<group>`` or ``data.<key>=``)."""
     site: SiteOverride = field(default_factory=SiteOverride)  # type: ignore[valid-type]
-    """Overrides of the SAE's hook (``site.hook_in=``)."""
+    """Overrides of the SAE's hooks (``site=<group>`` or ``site.hook_in=``)."""
+    layer: Optional[int] = None
+    """Replaces ``{layer}`` in ``site.hook_in``; None: the SAE's own layer."""
     dictionary_id: Optional[str] = None
     """The SAE's id in the database; None derives a stable one from its folder (see
     :func:`saes.analysis.target.derive_dictionary_id`). Re-analyzing the same id replaces it."""

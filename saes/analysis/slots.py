@@ -54,7 +54,7 @@ class Slots:
         feature_M, key_M = feature_M[ids_M], key_M[ids_M]
 
         # Sort by (feature asc, key desc) with one int64 key (non-negative float32 bits are monotonic);
-        # numpy's sort: torch's multi-threaded int64 sort is ~40x slower on small CPUs.
+        # numpy's sort: torch's multi-threaded int64 sort is far slower on small CPUs.
         bits = key_M.contiguous().view(torch.int32).to(torch.int64)
         composite = (feature_M << 32) + (0x7FFFFFFF - bits)
         order = torch.from_numpy(np.argsort(composite.cpu().numpy(), kind="stable")).to(feature_M.device)

@@ -42,8 +42,8 @@ class StreamTimes:
 
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
-    """Run small scatter/gather ops on one intra-op thread: with two threads they were 4x slower on
-    the 2-core machines this project runs on (thread hand-off costs more than the work)."""
+    """Run small scatter/gather ops on one intra-op thread: on small CPUs the thread hand-off costs
+    more than the work."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -3,8 +3,7 @@
     python -m saes.evaluate sae=outputs/train/smollm2-135m_topk/default
     python -m saes.evaluate sae=path/to/saelens_sae model=gpt2 data=pydocs   # a foreign checkpoint
 
-The config comes from ConfigStore rather than the conf/ folder so that ``sae=`` is a plain key
-here, not the training config group of SAE variants.
+``sae=`` is stored as ``sae_path`` (``saes.resolve.sae_argv``), as in ``python -m saes.analyze``.
 """
 
 from __future__ import annotations
@@ -16,13 +15,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from saes.evaluate.config import register_evaluate_configs
 from saes.errors import ConfigError
+from saes.evaluate.config import register_evaluate_configs
+from saes.resolve import sae_argv
 
 register_evaluate_configs()
 
 
-@hydra.main(config_path=None, config_name="evaluate", version_base="1.3")
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from saes.evaluate.report import format_report
     from saes.evaluate.run import REPORT_FILE, run_evaluation  # heavy imports after the CLI is parsed
@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        report = run_evaluation(cfg, run_dir, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
+        report = run_evaluation(cfg, run_dir, dict(hydra_cfg.runtime.choices))
     except ConfigError as err:
         print(f"saes.evaluate: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -38,5 +38,11 @@ def main(cfg: DictConfig) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Entry point: ``sae=`` becomes ``sae_path=`` before Hydra parses the command line."""
+    sys.argv = [sys.argv[0], *sae_argv(sys.argv[1:])]
     main()
+
+
+if __name__ == "__main__":
+    cli()

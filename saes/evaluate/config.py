@@ -1,4 +1,4 @@
-"""Typed schema of ``python -m saes.evaluate`` and its registration in Hydra's ConfigStore."""
+"""Typed schema of ``python -m saes.evaluate`` (``conf/evaluate.yaml``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
-from saes.config import CONF_DIR, DataConfig, ModelConfig, SiteConfig
+from saes.resolve import DataOverride, ModelOverride, SiteOverride
 
 
 @dataclass
@@ -16,17 +16,21 @@ class EvaluateConfig:
     """``python -m saes.evaluate sae=<folder>``: held-out metrics of one SAE.
 
     ``model``, ``data`` and ``site`` come from the SAE's own metadata (the training config for
-    SAEs trained by saes; ``model_name``/``hook_name``/``context_size`` for SAELens checkpoints).
-    Selecting a group (``model=gpt2``, ``data=pydocs``, ``site=mlp_out``) replaces that part;
-    setting a key (``data.holdout_tokens=8192``, ``site.hook_in=blocks.5.hook_resid_pre``)
-    changes only that key.
+    SAEs trained by saes; ``model_name``/``hook_name``/``context_size`` for SAELens checkpoints,
+    which also need ``data=``). Selecting a group (``model=gpt2``, ``data=pydocs``,
+    ``site=mlp_out``) replaces that part; setting a key (``data.holdout_tokens=8192``,
+    ``site.hook_in=blocks.5.hook_resid_pre``) changes only that key (rules: ``saes.resolve``).
     """
 
-    sae: str = MISSING
-    """SAE folder (``cfg.json`` + weights) or a training run folder holding ``sae/``."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    site: SiteConfig = field(default_factory=SiteConfig)
+    sae_path: str = MISSING
+    """SAE folder (``cfg.json`` + weights) or a training run folder holding ``sae/``; given as
+    ``sae=<path>`` on the command line (``conf/sae/`` is a training group)."""
+    model: ModelOverride = field(default_factory=ModelOverride)  # type: ignore[valid-type]
+    """Overrides of the SAE's model (``model=<option>`` or ``model.<key>=``)."""
+    data: DataOverride = field(default_factory=DataOverride)  # type: ignore[valid-type]
+    """Overrides of the SAE's dataset (``data=<option>`` or ``data.<key>=``)."""
+    site: SiteOverride = field(default_factory=SiteOverride)  # type: ignore[valid-type]
+    """Overrides of the SAE's hooks (``site=<option>`` or ``site.hook_in=``)."""
     layer: Optional[int] = None
     """Replaces ``{layer}`` in ``site.hook_in``; None: the SAE's own layer."""
     eval_tokens: int = 50_000
@@ -41,15 +45,6 @@ class EvaluateConfig:
     """Model dtype; None: the one the SAE was trained with (float32 for foreign SAEs)."""
 
 
-EVALUATE_GROUPS = ("model", "data", "site")
-
-
 def register_evaluate_configs() -> None:
-    """Register ``conf/evaluate.yaml``, its schema and the model/data/site options in ConfigStore
-    (``saes.evaluate`` reads its config from there, where ``sae`` is not a config group)."""
-    store = ConfigStore.instance()
-    store.store(name="evaluate_schema", node=EvaluateConfig)
-    store.store(name="evaluate", node=OmegaConf.load(CONF_DIR / "evaluate.yaml"))
-    for group in EVALUATE_GROUPS:
-        for path in sorted((CONF_DIR / group).glob("*.yaml")):
-            store.store(group=group, name=path.stem, node=OmegaConf.load(path))
+    """Register the schema ``conf/evaluate.yaml`` lists first."""
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)

@@ -1,7 +1,7 @@
 """Held-out evaluations of the SAEs being trained: periodic (``training.eval_every``) and final.
 
 All SAEs of a run are evaluated on the same held-out activations and contexts; the LM metrics of
-several SAEs share the clean and zero-ablated forwards (see ``saes.evaluation.LMEvaluator``).
+several SAEs share the clean and zero-ablated forwards (see ``saes.evaluate.lm.LMEvaluator``).
 """
 
 from __future__ import annotations
@@ -35,9 +35,14 @@ def periodic_lm_evaluator(cfg: "DictConfig", model: "TransformerBridge", heldout
 
 
 def evaluate_saes(splices: Sequence[Splice], held: dict[str, torch.Tensor], lm: LMEvaluator | None) -> list[dict[str, Any]]:
-    """``saes.evaluation.evaluate`` of every SAE on the held-out activations ``{hook: [N, D]}``."""
+    """``saes.evaluate.metrics.evaluate`` of every single-site SAE on the held-out activations
+    ``{hook: [N, D]}``, with its LM metrics from ``lm``."""
     lm_results = lm(splices) if lm is not None else [None] * len(splices)
-    return [evaluate(s.sae, held[s.hook_in], held[s.hook_out], extra) for s, extra in zip(splices, lm_results)]
+    out = []
+    for s, extra in zip(splices, lm_results):
+        (hook_in,), (hook_out,) = s.hooks_in, s.hooks_out  # reconstruction metrics of one hook
+        out.append(evaluate(s.sae, held[hook_in], held[hook_out], extra))
+    return out
 
 
 def eval_record(metrics: dict[str, Any]) -> dict[str, Any]:

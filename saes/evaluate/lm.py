@@ -4,9 +4,11 @@ Definitions:
 - CE losses are next-token cross-entropies (nats per token) averaged over positions whose input
   token is kept (special tokens such as BOS excluded when ``data.exclude_special``; the last
   position of a context has no target). At excluded positions the spliced and zero-ablated models
-  keep the clean activation. ``ce_clean``: the model as is; ``ce_spliced``: the SAE's
-  reconstruction replaces the activation at its (output) hook; ``ce_zero``: that activation is
-  zeroed. delta LM loss = ce_spliced - ce_clean; CE recovered = (ce_zero - ce_spliced) /
+  keep the clean activation. ``ce_clean``: the model as is; ``ce_spliced``: the dictionary's
+  reconstructions replace the activations at its output hook(s); ``ce_zero``: those activations
+  are zeroed. A dictionary with one input hook is spliced in one forward (the input is read as
+  it runs, so a transcoder's input sees upstream replacements); one with several input hooks reads
+  them all from a clean forward first, then a second forward replaces every output hook. delta LM loss = ce_spliced - ce_clean; CE recovered = (ce_zero - ce_spliced) /
   (ce_zero - ce_clean); KL = KL(clean || spliced) of the next-token distributions, averaged over
   the same positions.
 """
@@ -27,12 +29,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Splice:
-    """An SAE spliced into the model: encodes ``hook_in``, replaces ``hook_out`` (the same hook
-    for an SAE, a downstream one for a transcoder)."""
+    """A dictionary spliced into the model: it reads ``hooks_in`` and replaces ``hooks_out`` (the
+    same hook for an SAE, a downstream one for a transcoder, several for multi-site dictionaries).
+    A single hook may be given as a string."""
 
     sae: "SAE"
-    hook_in: str
-    hook_out: str
+    hooks_in: tuple[str, ...]
+    hooks_out: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("hooks_in", "hooks_out"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
 
 
 def _next_token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor, keep_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +70,7 @@ class LMEvaluator:
         self.cache_clean_logprobs = cache_clean_logprobs
         self._clean_ce: list[float] = []  # per batch: summed clean CE
         self._clean_logprobs: list[torch.Tensor] = []
-        self._zero_ce: dict[str, list[float]] = {}  # per hook: per-batch summed zero-ablation CE
+        self._zero_ce: dict[tuple[str, ...], list[float]] = {}  # per output hooks: per-batch summed zero-ablation CE
         self._count = 0
 
     @torch.no_grad()
@@ -71,7 +79,8 @@ class LMEvaluator:
         from saes.sae.compat import check_sae_fits
 
         for splice in splices:  # before any forward
-            check_sae_fits(splice.sae, self.model.cfg, splice.hook_in, splice.hook_out)
+            if len(splice.hooks_in) == len(splice.hooks_out) == 1:
+                check_sae_fits(splice.sae, self.model.cfg, splice.hooks_in[0], splice.hooks_out[0])
         device = next(self.model.parameters()).device
         first = not self._clean_ce
         spliced = [{"ce": 0.0, "kl": 0.0} for _ in splices]
@@ -87,20 +96,21 @@ class LMEvaluator:
                     self._count += ce.numel()
                 if self.cache_clean_logprobs:
                     self._clean_logprobs.append(clean_lp)
-            for hook in {s.hook_out for s in splices}:
-                zero_ce = self._zero_ce.setdefault(hook, [])
+            for hooks in dict.fromkeys(s.hooks_out for s in splices):
+                zero_ce = self._zero_ce.setdefault(hooks, [])
                 if len(zero_ce) <= b:
-                    logits = self.model.run_with_hooks(tokens_BT, return_type="logits", fwd_hooks=[(hook, _zero_hook(keep_BT))])
+                    fwd_hooks = [(hook, _zero_hook(keep_BT)) for hook in hooks]
+                    logits = self.model.run_with_hooks(tokens_BT, return_type="logits", fwd_hooks=fwd_hooks)
                     zero_ce.append(_next_token_logprobs(logits, tokens_BT, keep_BT)[0].sum().item())
             for splice, sums in zip(splices, spliced):
-                logits = self.model.run_with_hooks(tokens_BT, return_type="logits", fwd_hooks=_splice_hooks(splice, keep_BT))
+                logits = self.model.run_with_hooks(tokens_BT, return_type="logits", fwd_hooks=self._splice_hooks(splice, tokens_BT, keep_BT))
                 ce, lp = _next_token_logprobs(logits, tokens_BT, keep_BT)
                 sums["ce"] += ce.sum().item()
                 sums["kl"] += F.kl_div(lp, clean_lp, log_target=True, reduction="sum").item()
         ce_clean = sum(self._clean_ce) / self._count
         results = []
         for splice, sums in zip(splices, spliced):
-            ce_zero = sum(self._zero_ce[splice.hook_out]) / self._count
+            ce_zero = sum(self._zero_ce[splice.hooks_out]) / self._count
             ce_spliced = sums["ce"] / self._count
             denom = ce_zero - ce_clean
             results.append({
@@ -114,6 +124,24 @@ class LMEvaluator:
             })
         return results
 
+    def _splice_hooks(self, splice: Splice, tokens_BT: torch.Tensor, keep_BT: torch.Tensor) -> list[tuple[str, Callable]]:
+        """Forward hooks that splice ``splice`` in (see the module docstring)."""
+        if len(splice.hooks_in) == 1:
+            return _one_pass_hooks(splice, keep_BT)
+        _, cache = self.model.run_with_cache(tokens_BT, names_filter=list(splice.hooks_in))
+        xs = [cache[hook].reshape(-1, cache[hook].shape[-1]) for hook in splice.hooks_in]
+        sae_device = splice.sae.W_dec_FO.device
+        y_hats = splice.sae.reconstruct([x.to(sae_device, torch.float32) for x in xs])
+        return [(hook, _replace_hook(y_hat, keep_BT)) for hook, y_hat in zip(splice.hooks_out, y_hats)]
+
+
+def _replace_hook(y_hat_NO: torch.Tensor, keep_BT: torch.Tensor) -> Callable:
+    def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        y_hat = y_hat_NO.reshape(*act.shape[:-1], -1).to(act.device, act.dtype)
+        return torch.where(keep_BT[..., None], y_hat, act)
+
+    return replace
+
 
 def _zero_hook(keep_BT: torch.Tensor) -> Callable:
     def zero(act: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -122,25 +150,31 @@ def _zero_hook(keep_BT: torch.Tensor) -> Callable:
     return zero
 
 
-def _splice_hooks(splice: Splice, keep_BT: torch.Tensor) -> list[tuple[str, Callable]]:
-    """Hooks replacing ``hook_out`` by the SAE's reconstruction from ``hook_in`` at kept positions."""
-    captured: dict[str, torch.Tensor] = {}
+def _one_pass_hooks(splice: Splice, keep_BT: torch.Tensor) -> list[tuple[str, Callable]]:
+    """Hooks replacing each output hook by the dictionary's reconstruction from its one input hook
+    (read as the forward runs), at kept positions."""
+    (hook_in,) = splice.hooks_in
+    captured: dict[str, list[torch.Tensor]] = {}
     sae_device = splice.sae.W_dec_FO.device
 
     def capture(act: torch.Tensor, hook: Any) -> torch.Tensor:
         captured["x"] = act
         return act
 
-    def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        x = act if splice.hook_in == splice.hook_out else captured.get("x")
-        if x is None:
-            raise RuntimeError(f"hook {splice.hook_in!r} did not run before {splice.hook_out!r}")
-        y_hat = splice.sae(x.reshape(-1, x.shape[-1]).to(sae_device, torch.float32))
-        y_hat = y_hat.reshape(*act.shape[:-1], -1).to(act.device, act.dtype)
-        return torch.where(keep_BT[..., None], y_hat, act)
+    def replace_at(index: int, hook_out: str) -> Callable:
+        def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            x = act if hook_out == hook_in else captured.get("x")
+            if x is None:
+                raise RuntimeError(f"hook {hook_in!r} did not run before {hook_out!r}")
+            if "y" not in captured:
+                captured["y"] = splice.sae.reconstruct([x.reshape(-1, x.shape[-1]).to(sae_device, torch.float32)])
+            y_hat = captured["y"][index].reshape(*act.shape[:-1], -1).to(act.device, act.dtype)
+            return torch.where(keep_BT[..., None], y_hat, act)
 
-    hooks = [(splice.hook_out, replace)]
-    return hooks if splice.hook_in == splice.hook_out else [(splice.hook_in, capture), *hooks]
+        return replace
+
+    hooks = [(hook_out, replace_at(i, hook_out)) for i, hook_out in enumerate(splice.hooks_out)]
+    return hooks if splice.hooks_out == (hook_in,) else [(hook_in, capture), *hooks]
 
 
 def lm_metrics(model: "TransformerBridge", sae: "SAE", hook_in: str, hook_out: str, contexts_NT: torch.Tensor,

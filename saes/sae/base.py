@@ -1,9 +1,16 @@
-"""The SAE base class every variant extends: parameters, encode/decode, folding, checkpoint cfg.
+"""The dictionary interface every variant implements, and the SAE base class the variants extend.
 
 Shapes: B tokens in a batch, D = d_in, O = d_out (= D for an SAE), F = d_sae (latents), K active
 latents per token. Parameters follow the SAELens v6 layout: ``W_enc_DF [D, F]``, ``b_enc_F``,
-``W_dec_FO [F, O]`` (named ``W_dec_FO``), ``b_dec_O``. SAEs subtract ``b_dec`` from the input
+``W_dec_FO [F, O]``, ``b_dec_O``. SAEs subtract ``b_dec`` from the input
 (``apply_b_dec_to_input``); transcoders (``d_out`` given: read one hook, reconstruct another) do not.
+
+The training interface is multi-site: a run member names a tuple of input hooks and a tuple of
+output hooks; each step hands the dictionary a ``StepInput`` (normalized activations by hook, the
+training progress, the dead-latent mask) and gets back a ``TrainStepOutput`` (the loss and what to
+log). A dictionary never sees the optimizer: it returns the latents whose optimizer state must be
+reset (``reset_latents``) and declares which parameter axes index latents (``latent_axes``); the
+trainer does the rest. The variants here read one hook and write one (``StepInput.x_BD``/``y_BO``).
 
 Decoder norms: a variant either keeps decoder rows at unit norm (``unit_norm_decoder``: the
 gradient parallel to each row is removed before the step and rows are renormalised after it) or
@@ -41,6 +48,44 @@ class SAEConfig:
 
 
 @dataclass
+class StepInput:
+    """What one training step gives a dictionary: activations already multiplied by their
+    normalization scales, by hook, in the member's hook order."""
+
+    inputs: dict[str, torch.Tensor]
+    """``{hook: [B, D_hook]}`` read by the encoder."""
+    targets: dict[str, torch.Tensor]
+    """``{hook: [B, O_hook]}`` to reconstruct (the same tensors as ``inputs`` for an SAE)."""
+    dead_F: torch.Tensor | None = None
+    """Bool ``[F]``: latents that have not fired for ``training.dead_tokens`` tokens."""
+    progress: float = 1.0
+    """Fraction of training done before this step, in [0, 1]."""
+    tokens: int = 0
+    """Training tokens seen before this step."""
+
+    @classmethod
+    def single(cls, x_BD: torch.Tensor, y_BO: torch.Tensor | None = None, **fields: Any) -> "StepInput":
+        """One input hook (``x``) and one target (``y``, default ``x`` itself: an SAE)."""
+        return cls({"x": x_BD}, {"x" if y_BO is None else "y": x_BD if y_BO is None else y_BO}, **fields)
+
+    @property
+    def x_BD(self) -> torch.Tensor:
+        """The only input of a single-site dictionary."""
+        return _only(self.inputs, "input")
+
+    @property
+    def y_BO(self) -> torch.Tensor:
+        """The only target of a single-site dictionary."""
+        return _only(self.targets, "target")
+
+
+def _only(acts: dict[str, torch.Tensor], role: str) -> torch.Tensor:
+    if len(acts) != 1:
+        raise ValueError(f"a single-site dictionary got {len(acts)} {role} hooks ({sorted(acts)}); it reads and writes one")
+    return next(iter(acts.values()))
+
+
+@dataclass
 class TrainStepOutput:
     """What one training forward returns: the loss to minimise and what to log."""
 
@@ -54,6 +99,9 @@ class TrainStepOutput:
     """Mean number of active latents per token."""
     losses: dict[str, float] = field(default_factory=dict)
     """Named loss terms for logging; ``fvu`` (fraction of variance unexplained) always."""
+    reset_latents: torch.Tensor | None = None
+    """Latent indices re-initialised this step (e.g. resampled): the trainer zeroes their optimizer
+    state along every ``latent_axes`` entry before the optimizer step."""
 
 
 def fvu_and_mse(y_BD: torch.Tensor, y_hat_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,14 +202,20 @@ class SAE(nn.Module):
         JumpReLU thresholds). The schedule scales every group's ``lr`` by the same factor."""
         return [{"params": list(self.parameters()), "lr": lr}]
 
-    def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
-        """Loss on a batch; ``y_BD`` is the target (``x_BD`` itself for an SAE).
-
-        ``state`` carries ``dead_F`` (bool [F], latents that have not fired for
-        ``training.dead_tokens`` tokens), ``progress`` (fraction of training done, in [0, 1]),
-        ``tokens`` (tokens trained on before this batch) and ``optimizer``.
-        """
+    def training_forward(self, step: StepInput) -> TrainStepOutput:
+        """Loss on a batch (see ``StepInput``); the target is ``step.y_BO`` (the input for an SAE)."""
         raise NotImplementedError
+
+    def latent_axes(self) -> dict[str, int]:
+        """``{parameter name: axis}`` of the parameters indexed by latent (their optimizer state is
+        reset with ``TrainStepOutput.reset_latents``)."""
+        return {"W_enc_DF": 1, "b_enc_F": 0, "W_dec_FO": 0}
+
+    def reconstruct(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Reconstructions of every output hook from the activations of every input hook (raw
+        activations, in the member's hook order); one in, one out for the variants here."""
+        (x_BD,) = inputs
+        return [self(x_BD)]
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -194,6 +248,12 @@ class SAE(nn.Module):
         self.W_enc_DF *= norms_F
         self.b_enc_F *= norms_F
         return norms_F
+
+    @torch.no_grad()
+    def fold_activation_scales(self, scales_in: list[float], scales_out: list[float]) -> None:
+        """Fold per-hook training-time input and target scales (in hook order) into the weights."""
+        (scale_in,), (scale_out,) = scales_in, scales_out
+        self.fold_activation_scale(scale_in, scale_out)
 
     @torch.no_grad()
     def fold_activation_scale(self, scale_in: float, scale_out: float) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from saes.errors import ConfigError
-from saes.sae.base import SAE, TrainStepOutput, fvu_and_mse
+from saes.sae.base import SAE, StepInput, TrainStepOutput, fvu_and_mse
 from saes.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from saes.sae.registry import register
 from saes.sae.sparse_ops import batch_topk_select, encode_selected, pre_acts, ragged_decode
@@ -29,9 +29,8 @@ class BatchTopKConfig(TopKConfig):
     architecture: str = "batchtopk"
     threshold_rate: float = 0.05
     """Weight of each batch in the moving average that estimates the inference threshold. The
-    smallest selected activation falls steadily while the SAE trains, so a slow average lags: on
-    the default model at 100K tokens, 0.01 left the threshold at ~1.6x its final value (inference
-    L0 11 for k 32), 0.05 gives L0 28."""
+    smallest selected activation falls steadily while the SAE trains, so a slow average lags and
+    the inference L0 falls short of k (measured: docs/quality.md)."""
 
 
 @dataclass
@@ -91,40 +90,20 @@ class BatchTopKSAE(TopKSAE):
         rows, cols = flat // self.d_sae, flat % self.d_sae
         return SparseCodes(rows, cols, vals, vals / scale_F[cols])
 
-    def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
-        k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, state.get("progress", 1.0))
-        codes = self.batch_codes(x_BD, k, self.aux_dead(state))
+    def training_forward(self, step: StepInput) -> TrainStepOutput:
+        x_BD, y_BD = step.x_BD, step.y_BO
+        k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, step.progress)
+        dead_F = self.auxk_dead(step)
+        codes = self.batch_codes(x_BD, k, dead_F)
         self.update_threshold(codes.vals_N)
-        y_hat_BD = ragged_decode(codes.rows_N, codes.cols_N, codes.coef_N, self.W_dec_FO, self.b_dec_O, x_BD.shape[0])
-        return self.step_output(x_BD, y_BD, y_hat_BD, fvu_and_mse(y_BD, y_hat_BD)[0], codes, state)
+        y_hat_BO = ragged_decode(codes.rows_N, codes.cols_N, codes.coef_N, self.W_dec_FO, self.b_dec_O, x_BD.shape[0])
+        return self.codes_step_output(x_BD, y_BD, y_hat_BO, fvu_and_mse(y_BD, y_hat_BO)[0], codes, dead_F)
 
-    def step_output(
-        self, x_BD: torch.Tensor, y_BD: torch.Tensor, y_hat_BD: torch.Tensor, recon_loss: torch.Tensor,
-        codes: SparseCodes, state: dict[str, Any],
-    ) -> TrainStepOutput:
+    def codes_step_output(self, x_BD: torch.Tensor, y_BD: torch.Tensor, y_hat_BO: torch.Tensor, recon_loss: torch.Tensor,
+                          codes: SparseCodes, dead_F: torch.Tensor | None) -> TrainStepOutput:
         """``recon_loss`` + AuxK, with the logs and firing mask of ``codes``."""
-        loss = recon_loss
-        losses = {"fvu": fvu_and_mse(y_BD, y_hat_BD.detach())[0].item(), "threshold": float(self.threshold)}
-        dead_F: torch.Tensor | None = state.get("dead_F")
-        if dead_F is not None and self.cfg.aux_coef > 0 and bool(dead_F.any()):
-            total_var = (y_BD - y_BD.mean(0)).pow(2).sum()
-            err_BD = (y_BD - y_hat_BD).detach()
-            if codes.aux is not None:
-                auxk = self.auxk_from_codes(codes.aux, err_BD, total_var)
-            else:
-                auxk = self._auxk_loss(x_BD, err_BD, dead_F, total_var, self.selection_scale())
-            loss = loss + self.cfg.aux_coef * auxk
-            losses["auxk"] = auxk.item()
-        active_N = codes.vals_N > 0
-        fired_F = torch.zeros(self.d_sae, dtype=torch.bool, device=x_BD.device)
-        fired_F[codes.cols_N[active_N]] = True
-        return TrainStepOutput(loss=loss, y_hat_BO=y_hat_BD.detach(), fired_F=fired_F,
-                               l0=active_N.sum().item() / x_BD.shape[0], losses=losses)
-
-    def aux_dead(self, state: dict[str, Any]) -> torch.Tensor | None:
-        """``dead_F`` when this step has an AuxK term, else None."""
-        dead_F = state.get("dead_F")
-        return dead_F if dead_F is not None and self.cfg.aux_coef > 0 and bool(dead_F.any()) else None
+        losses = {"fvu": fvu_and_mse(y_BD, y_hat_BO.detach())[0].item(), "threshold": float(self.threshold)}
+        return self.sparse_step_output(x_BD, y_BD, y_hat_BO, recon_loss, codes.cols_N, codes.vals_N, losses, dead_F, codes.aux)
 
     @torch.no_grad()
     def update_threshold(self, vals_N: torch.Tensor) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saes.sae.base import SAE, SAEConfig, TrainStepOutput, copy_named, fvu_and_mse, linear_warmup
+from saes.sae.base import SAE, SAEConfig, StepInput, TrainStepOutput, copy_named, fvu_and_mse, linear_warmup
 from saes.sae.registry import register
 
 
@@ -55,7 +55,8 @@ class GatedSAE(SAE):
         pi_gate_BF, pi_mag_BF = self.gate_and_magnitude(x_BD)
         return (pi_gate_BF > 0) * pi_mag_BF.relu()
 
-    def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
+    def training_forward(self, step: StepInput) -> TrainStepOutput:
+        x_BD, y_BD = step.x_BD, step.y_BO
         pi_gate_BF, pi_mag_BF = self.gate_and_magnitude(x_BD)
         acts_BF = (pi_gate_BF > 0) * pi_mag_BF.relu()
         y_hat_BD = self.decode(acts_BF)
@@ -64,7 +65,7 @@ class GatedSAE(SAE):
         l1 = (gate_BF * self.W_dec_FO.norm(dim=1)).sum(-1).float().mean()
         y_via_gate_BD = gate_BF @ self.W_dec_FO.detach() + self.b_dec_O.detach()
         _, aux_mse = fvu_and_mse(y_BD, y_via_gate_BD)
-        coef = self.cfg.l1_coef * linear_warmup(state.get("progress", 1.0), self.cfg.sparsity_warmup_fraction)
+        coef = self.cfg.l1_coef * linear_warmup(step.progress, self.cfg.sparsity_warmup_fraction)
         loss = mse + coef * l1 + aux_mse
         active_BF = acts_BF != 0
         return TrainStepOutput(

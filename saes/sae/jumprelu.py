@@ -16,17 +16,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import torch
 from torch import nn
 
 from saes.errors import ConfigError
-from saes.sae.base import SAE, SAEConfig, TrainStepOutput, copy_named, fvu_and_mse, linear_warmup
+from saes.sae.base import SAE, SAEConfig, StepInput, TrainStepOutput, copy_named, fvu_and_mse, linear_warmup
 from saes.sae.penalties import JumpReLU, Step, norm_weighted_penalty, pre_act_penalty
 from saes.sae.registry import register
 
-SPARSITY_LOSSES = ("step", "quadratic", "tanh")
+
+
+class SparsityLoss(StrEnum):
+    """What the sparsity coefficient multiplies."""
+
+    step = "step"
+    quadratic = "quadratic"
+    tanh = "tanh"
 
 
 @dataclass
@@ -34,7 +42,7 @@ class JumpReLUConfig(SAEConfig):
     architecture: str = "jumprelu"
     l0_coef: float = 0.6
     """Weight of the sparsity loss (after warmup)."""
-    sparsity_loss: str = "step"
+    sparsity_loss: SparsityLoss = SparsityLoss.step
     """``step`` (L0), ``quadratic`` (around ``target_l0``) or ``tanh``."""
     target_l0: float | None = None
     """Target L0 of the ``quadratic`` loss."""
@@ -59,8 +67,6 @@ class JumpReLUSAE(SAE):
 
     def __init__(self, cfg: JumpReLUConfig, d_in: int, d_out: int | None = None):
         super().__init__(cfg, d_in, d_out)
-        if cfg.sparsity_loss not in SPARSITY_LOSSES:
-            raise ConfigError(f"sae.sparsity_loss={cfg.sparsity_loss!r} is unknown; use one of {SPARSITY_LOSSES}")
         if cfg.sparsity_loss == "quadratic" and not (cfg.target_l0 and 0 < cfg.target_l0 <= self.d_sae):
             raise ConfigError(f"sae.target_l0={cfg.target_l0} must be in (0, d_sae] with sae.sparsity_loss=quadratic")
         if cfg.sparsity_loss != "quadratic" and cfg.target_l0 is not None:
@@ -87,7 +93,8 @@ class JumpReLUSAE(SAE):
         pre_BF = self.pre_acts(x_BD)
         return pre_BF * (pre_BF > self.threshold_F)  # threshold >= 0, so this is relu(z) * (z > t)
 
-    def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
+    def training_forward(self, step: StepInput) -> TrainStepOutput:
+        x_BD, y_BD = step.x_BD, step.y_BO
         pre_BF = self.pre_acts(x_BD)
         threshold_F = self.threshold_F.to(pre_BF.dtype)
         acts_BF = JumpReLU.apply(pre_BF, threshold_F, self.cfg.bandwidth)
@@ -101,7 +108,7 @@ class JumpReLUSAE(SAE):
             l0_B = Step.apply(pre_BF, threshold_F, cfg.bandwidth).sum(-1)
             per_token_B = l0_B if cfg.sparsity_loss == "step" else 2 / cfg.target_l0 * (l0_B - cfg.target_l0) ** 2
         sparsity = per_token_B.float().mean()
-        coef = cfg.l0_coef * linear_warmup(state.get("progress", 1.0), cfg.sparsity_warmup_fraction)
+        coef = cfg.l0_coef * linear_warmup(step.progress, cfg.sparsity_warmup_fraction)
         loss = mse + coef * sparsity
         losses = {"fvu": fvu.item(), "mse": mse.item(), "sparsity": sparsity.item(), "sparsity_coef": coef}
         if cfg.pre_act_coef > 0:

@@ -10,12 +10,11 @@ Inference and saving are those of BatchTopK (a JumpReLU SAE with the global thre
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from saes.errors import ConfigError
-from saes.sae.base import TrainStepOutput, fvu_and_mse
+from saes.sae.base import StepInput, TrainStepOutput, fvu_and_mse
 from saes.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 from saes.sae.registry import register
 from saes.sae.sparse_ops import ragged_decode
@@ -46,9 +45,11 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
                 "(each prefix at least one latent), ending at 1.0"
             )
 
-    def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
-        k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, state.get("progress", 1.0))
-        codes = self.batch_codes(x_BD, k, self.aux_dead(state))
+    def training_forward(self, step: StepInput) -> TrainStepOutput:
+        x_BD, y_BD = step.x_BD, step.y_BO
+        k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, step.progress)
+        dead_F = self.auxk_dead(step)
+        codes = self.batch_codes(x_BD, k, dead_F)
         self.update_threshold(codes.vals_N)
         prefix_fvus = []
         y_hat_BD = self.b_dec_O.expand(x_BD.shape[0], -1)
@@ -61,7 +62,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             )
             prefix_fvus.append(fvu_and_mse(y_BD, y_hat_BD)[0])
             start = width
-        out = self.step_output(x_BD, y_BD, y_hat_BD, torch.stack(prefix_fvus).mean(), codes, state)
+        out = self.codes_step_output(x_BD, y_BD, y_hat_BD, torch.stack(prefix_fvus).mean(), codes, dead_F)
         for width, fvu in zip(self.widths, prefix_fvus):
             out.losses[f"fvu_{width}"] = fvu.item()
         return out

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from saes.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,7 +36,8 @@ def sae_class(name: str) -> type["SAE"]:
 
 
 def make_config(options: Mapping[str, Any]) -> Any:
-    """The variant's config dataclass from ``sae.*`` options; unknown keys fail by name."""
+    """The variant's config dataclass from ``sae.*`` options, validated by OmegaConf against it:
+    an unknown key, a wrong type or a value outside an Enum's choices fails naming the key."""
     if "architecture" not in options:
         raise ConfigError("sae.architecture is missing; pick a variant with sae=<name>")
     cls = sae_class(options["architecture"]).config_class
@@ -44,7 +48,12 @@ def make_config(options: Mapping[str, Any]) -> Any:
             f"sae.{unknown[0]} is not an option of sae={options['architecture']}; "
             f"its options: {sorted(known)}"
         )
-    return cls(**dict(options))
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), dict(options)))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"sae.{key}={options.get(key)!r} is not valid for sae={options['architecture']}: {reason}") from None
 
 
 def build(options: Mapping[str, Any], d_in: int, d_out: int | None = None) -> "SAE":

@@ -10,23 +10,30 @@ Neuron resampling (Bricken et al. 2023), when ``resample_every`` > 0: every that
 (until ``resample_until`` of training), each dead latent gets a training input of the current
 batch, drawn with probability proportional to its squared reconstruction error, as decoder
 direction (at the mean live decoder norm) and encoder column (at 0.2 x the mean live encoder
-norm); its bias and its Adam moments are reset.
+norm); its bias is zeroed and the trainer resets its Adam moments (``reset_latents``).
 Saved as SAELens ``standard`` (``transcoder`` for transcoders with d_out != d_in).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import torch
 
 from saes.errors import ConfigError
-from saes.sae.base import SAE, SAEConfig, TrainStepOutput, fvu_and_mse, linear_warmup
+from saes.sae.base import SAE, SAEConfig, StepInput, TrainStepOutput, fvu_and_mse, linear_warmup
 from saes.sae.penalties import norm_weighted_penalty, pre_act_penalty
 from saes.sae.registry import register
 
-PENALTIES = ("l1", "tanh")
+
+
+class Penalty(StrEnum):
+    """The decoder-norm-weighted sparsity penalty."""
+
+    l1 = "l1"
+    tanh = "tanh"
 
 
 @dataclass
@@ -35,7 +42,7 @@ class ReLUConfig(SAEConfig):
     decoder_init_norm: float = 0.1
     l1_coef: float = 3.0
     """Weight of the sparsity penalty (after warmup)."""
-    penalty: str = "l1"
+    penalty: Penalty = Penalty.l1
     """``l1`` or ``tanh`` (both weighted by decoder row norms)."""
     tanh_scale: float = 4.0
     """c in the ``tanh`` penalty."""
@@ -57,29 +64,28 @@ class ReLUSAE(SAE):
 
     def __init__(self, cfg: ReLUConfig, d_in: int, d_out: int | None = None):
         super().__init__(cfg, d_in, d_out)
-        if cfg.penalty not in PENALTIES:
-            raise ConfigError(f"sae.penalty={cfg.penalty!r} is unknown; use one of {PENALTIES}")
         if cfg.resample_every < 0:
             raise ConfigError(f"sae.resample_every={cfg.resample_every} must be >= 0 (0 disables resampling)")
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return self.pre_acts(x_BD).relu()
 
-    def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
+    def training_forward(self, step: StepInput) -> TrainStepOutput:
         cfg = self.cfg
-        if cfg.resample_every and state.get("progress", 0.0) < cfg.resample_until:
-            tokens = state.get("tokens", 0)
+        x_BD, y_BD = step.x_BD, step.y_BO
+        reset = None
+        if cfg.resample_every and step.progress < cfg.resample_until:
+            tokens = step.tokens
             if tokens > 0 and tokens // cfg.resample_every != (tokens + x_BD.shape[0]) // cfg.resample_every:
-                dead_F = state.get("dead_F")
-                if dead_F is not None and bool(dead_F.any()):
-                    self.resample(x_BD, y_BD, dead_F, state.get("optimizer"))
+                if step.dead_F is not None and bool(step.dead_F.any()):
+                    reset = self.resample(x_BD, y_BD, step.dead_F)
         pre_BF = self.pre_acts(x_BD)
         acts_BF = pre_BF.relu()
         y_hat_BD = self.decode(acts_BF)
         fvu, mse = fvu_and_mse(y_BD, y_hat_BD)
         dec_norm_F = self.W_dec_FO.norm(dim=1)
         sparsity = norm_weighted_penalty(acts_BF, dec_norm_F, cfg.penalty, cfg.tanh_scale).float().mean()
-        coef = cfg.l1_coef * linear_warmup(state.get("progress", 1.0), cfg.sparsity_warmup_fraction)
+        coef = cfg.l1_coef * linear_warmup(step.progress, cfg.sparsity_warmup_fraction)
         loss = mse + coef * sparsity
         losses = {"fvu": fvu.item(), "mse": mse.item(), "sparsity": sparsity.item(), "sparsity_coef": coef}
         if cfg.pre_act_coef > 0:
@@ -88,16 +94,16 @@ class ReLUSAE(SAE):
             losses["pre_act"] = pre_act.item()
         active_BF = acts_BF > 0
         return TrainStepOutput(loss=loss, y_hat_BO=y_hat_BD.detach(), fired_F=active_BF.any(0),
-                               l0=active_BF.sum().item() / x_BD.shape[0], losses=losses)
+                               l0=active_BF.sum().item() / x_BD.shape[0], losses=losses, reset_latents=reset)
 
     @torch.no_grad()
-    def resample(self, x_BD: torch.Tensor, y_BD: torch.Tensor, dead_F: torch.Tensor,
-                 optimizer: torch.optim.Optimizer | None) -> int:
-        """Re-initialise dead latents from badly reconstructed inputs; returns how many."""
+    def resample(self, x_BD: torch.Tensor, y_BD: torch.Tensor, dead_F: torch.Tensor) -> torch.Tensor | None:
+        """Re-initialise dead latents from badly reconstructed inputs; returns their indices (the
+        trainer resets their optimizer state), or None when nothing was resampled."""
         dead_idx = dead_F.nonzero().squeeze(1)
         err_B = (self(x_BD) - y_BD).pow(2).sum(-1).float()
         if float(err_B.sum()) <= 0:
-            return 0
+            return None
         picks = torch.multinomial(err_B / err_B.sum(), dead_idx.numel(), replacement=True)
         live_F = ~dead_F
         dec_norm = self.W_dec_FO[live_F].norm(dim=1).mean() if bool(live_F.any()) else self.cfg.decoder_init_norm
@@ -107,12 +113,7 @@ class ReLUSAE(SAE):
         self.W_dec_FO[dead_idx] = target_ND / target_ND.norm(dim=1, keepdim=True).clamp_min(1e-8) * dec_norm
         self.W_enc_DF[:, dead_idx] = (source_ND / source_ND.norm(dim=1, keepdim=True).clamp_min(1e-8) * enc_norm * 0.2).T
         self.b_enc_F[dead_idx] = 0.0
-        if optimizer is not None:
-            for param, index in ((self.W_dec_FO, (dead_idx,)), (self.W_enc_DF, (slice(None), dead_idx)), (self.b_enc_F, (dead_idx,))):
-                for moment in optimizer.state.get(param, {}).values():
-                    if torch.is_tensor(moment) and moment.shape == param.shape:
-                        moment[index] = 0.0
-        return int(dead_idx.numel())
+        return dead_idx
 
     def saelens_architecture(self) -> str:
         return "standard"

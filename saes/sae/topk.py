@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from saes.errors import ConfigError
-from saes.sae.base import SAE, SAEConfig, TrainStepOutput, fvu_and_mse
+from saes.sae.base import SAE, SAEConfig, StepInput, TrainStepOutput, fvu_and_mse
 from saes.sae.registry import register
 from saes.sae.sparse_ops import auxk_select, decode_selected, encode_selected, pre_acts, sparse_decode, topk_select
 
@@ -103,16 +103,16 @@ class TopKSAE(SAE):
         scale_F = self.selection_scale()
         return super().decode(acts_BF if scale_F is None else acts_BF / scale_F)
 
-    def training_forward(self, x_BD: torch.Tensor, y_BD: torch.Tensor, state: dict[str, Any]) -> TrainStepOutput:
-        k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, state.get("progress", 1.0))
+    def training_forward(self, step: StepInput) -> TrainStepOutput:
+        x_BD, y_BD = step.x_BD, step.y_BO
+        k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, step.progress)
         scale_F = self.selection_scale()
-        dead_F: torch.Tensor | None = state.get("dead_F")
-        use_aux = dead_F is not None and self.cfg.aux_coef > 0 and bool(dead_F.any())
-        aux = None
+        dead_F = self.auxk_dead(step)
+        aux = err_hat_BD = None
         if scale_F is None:  # the fast path: one shared pre-activation matmul, sparse backward
             x_c_BD, pre_BF = pre_acts(x_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in())
             rows_N, cols_N, vals_N = topk_select(pre_BF, k, x_BD.dtype)
-            if use_aux:  # AuxK selects from the same pre-activations (dead latents only)
+            if dead_F is not None:  # AuxK selects from the same pre-activations (dead latents only)
                 aux = self.auxk_codes(pre_BF, dead_F, x_BD.dtype)
             del pre_BF  # no [B, F] buffer outlives the selection
             # TopK and AuxK codes go through one encode and one decode (one backward each)
@@ -120,40 +120,49 @@ class TopKSAE(SAE):
                                       aux=aux.selection() if aux is not None else None)
             if aux is not None:
                 vals_N, aux.vals_N = encoded
-                y_hat_BD, err_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FO, x_BD.shape[0], aux=aux.selection())
+                y_hat_BO, err_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FO, x_BD.shape[0], aux=aux.selection())
             else:
                 vals_N = encoded
-                y_hat_BD = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FO, x_BD.shape[0])
-            y_hat_BD = y_hat_BD + self.b_dec_O
+                y_hat_BO = decode_selected(rows_N, cols_N, vals_N, self.W_dec_FO, x_BD.shape[0])
+            y_hat_BO = y_hat_BO + self.b_dec_O
         else:  # selection on pre * ||W_dec||: dense autograd through the norms
             vals_BK, idx_BK = (self.pre_acts(x_BD) * scale_F).topk(k, dim=1, sorted=False)
             vals_BK = vals_BK.clamp_min(0)
-            y_hat_BD = sparse_decode(idx_BK, vals_BK / scale_F[idx_BK], self.W_dec_FO, self.b_dec_O)
+            y_hat_BO = sparse_decode(idx_BK, vals_BK / scale_F[idx_BK], self.W_dec_FO, self.b_dec_O)
             vals_N, cols_N = vals_BK.reshape(-1), idx_BK.reshape(-1)
-        fvu, _ = fvu_and_mse(y_BD, y_hat_BD)
-        loss = fvu
+        fvu, _ = fvu_and_mse(y_BD, y_hat_BO)
         losses = {"fvu": fvu.item()}
         if self.cfg.k_start is not None:
             losses["k"] = float(k)
-        if use_aux:
+        return self.sparse_step_output(x_BD, y_BD, y_hat_BO, fvu, cols_N, vals_N, losses, dead_F, aux, err_hat_BD)
+
+    def auxk_dead(self, step: StepInput) -> torch.Tensor | None:
+        """``step.dead_F`` when this step has an AuxK term (some latent is dead), else None."""
+        dead_F = step.dead_F
+        return dead_F if dead_F is not None and self.cfg.aux_coef > 0 and bool(dead_F.any()) else None
+
+    def sparse_step_output(
+        self, x_BD: torch.Tensor, y_BD: torch.Tensor, y_hat_BO: torch.Tensor, recon_loss: torch.Tensor,
+        cols_N: torch.Tensor, vals_N: torch.Tensor, losses: dict[str, float], dead_F: torch.Tensor | None,
+        aux: AuxCodes | None = None, err_hat_BD: torch.Tensor | None = None,
+    ) -> TrainStepOutput:
+        """``recon_loss`` + AuxK (when ``dead_F`` is given), the firing mask and L0 of the selected
+        codes ``(cols_N, vals_N)``; ``aux``/``err_hat_BD``: AuxK's codes (and their decode) if made."""
+        loss = recon_loss
+        if dead_F is not None:
             total_var = (y_BD - y_BD.mean(0)).pow(2).sum()
-            err_BD = (y_BD - y_hat_BD).detach()
+            err_BD = (y_BD - y_hat_BO).detach()
             if aux is not None:
                 auxk = self.auxk_from_codes(aux, err_BD, total_var, err_hat_BD)
             else:
-                auxk = self._auxk_loss(x_BD, err_BD, dead_F, total_var, scale_F)
+                auxk = self._auxk_loss(x_BD, err_BD, dead_F, total_var, self.selection_scale())
             loss = loss + self.cfg.aux_coef * auxk
             losses["auxk"] = auxk.item()
         active_N = vals_N > 0
         fired_F = torch.zeros(self.d_sae, dtype=torch.bool, device=x_BD.device)
         fired_F[cols_N[active_N]] = True
-        return TrainStepOutput(
-            loss=loss,
-            y_hat_BO=y_hat_BD.detach(),
-            fired_F=fired_F,
-            l0=active_N.sum().item() / x_BD.shape[0],
-            losses=losses,
-        )
+        return TrainStepOutput(loss=loss, y_hat_BO=y_hat_BO.detach(), fired_F=fired_F,
+                               l0=active_N.sum().item() / x_BD.shape[0], losses=losses)
 
     def auxk_codes(self, pre_BF: torch.Tensor, dead_F: torch.Tensor, dtype: torch.dtype) -> AuxCodes:
         """AuxK's selection (no gradient yet): the top ``aux_k`` dead latents per token from the
@@ -164,19 +173,16 @@ class TopKSAE(SAE):
 
     def auxk_from_codes(self, aux: AuxCodes, err_BD: torch.Tensor, total_var: torch.Tensor,
                         err_hat_BD: torch.Tensor | None = None) -> torch.Tensor:
-        """The AuxK loss of encoded ``auxk_codes`` (the math of ``_auxk_loss``); ``err_hat_BD``:
-        their decode if already done."""
+        """The AuxK loss of encoded ``auxk_codes``; ``err_hat_BD``: their decode if already done."""
         if err_hat_BD is None:
             err_hat_BD = decode_selected(*aux.selection()[:3], self.W_dec_FO, aux.n_rows, aux.dead_idx_S)
-        scale = min(aux.dead_idx_S.numel() / self.aux_k, 1.0)
-        return scale * (err_hat_BD.float() - err_BD.float()).pow(2).sum() / total_var
+        return self._auxk_fvu(err_hat_BD, err_BD, aux.dead_idx_S.numel(), total_var)
 
     def _auxk_loss(
         self, x_BD: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor, total_var: torch.Tensor,
         scale_F: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """FVU of the residual reconstructed by the top ``aux_k`` dead latents, scaled down when
-        fewer than ``aux_k`` latents are dead (as in sparsify)."""
+        """The AuxK loss by dense autograd (the path with decoder-norm selection)."""
         dead_idx = dead_F.nonzero().squeeze(1)
         k_aux = min(self.aux_k, dead_idx.numel())
         pre_BN = self.centered(x_BD) @ self.W_enc_DF[:, dead_idx] + self.b_enc_F[dead_idx]
@@ -187,7 +193,12 @@ class TopKSAE(SAE):
         if scale_F is not None:
             vals_BK = vals_BK / scale_F[dead_idx][pos_BK]
         err_hat_BD = sparse_decode(dead_idx[pos_BK], vals_BK, self.W_dec_FO, torch.zeros_like(self.b_dec_O))
-        scale = min(dead_idx.numel() / self.aux_k, 1.0)
+        return self._auxk_fvu(err_hat_BD, err_BD, dead_idx.numel(), total_var)
+
+    def _auxk_fvu(self, err_hat_BD: torch.Tensor, err_BD: torch.Tensor, n_dead: int, total_var: torch.Tensor) -> torch.Tensor:
+        """FVU of the residual ``err_BD`` reconstructed by the dead latents (``err_hat_BD``), scaled
+        down when fewer than ``aux_k`` latents are dead (as in sparsify)."""
+        scale = min(n_dead / self.aux_k, 1.0)
         return scale * (err_hat_BD.float() - err_BD.float()).pow(2).sum() / total_var
 
     @torch.no_grad()

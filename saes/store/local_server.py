@@ -8,7 +8,7 @@ on 127.0.0.1 with its data under ``$SAES_MONGO_DIR`` (default ``<saes cache>/mon
 Two servers are supported, always launched as a separate program (never imported):
 
 * ``secantus`` -- PyPI ``secantusdb`` (GPL-2.0, beta; WiredTiger storage). The default when
-  installed: point lookups use indexes (~0.6 ms at 16k features, vs ~100 ms for ``nx``).
+  installed: point lookups use indexes.
 * ``nx`` -- PyPI ``nx-27017`` (MIT; SQLite storage). A fallback: it works, but its finds scan.
 
 ``$SAES_MONGO_SERVER`` (``secantus`` | ``nx`` | ``auto``) picks one. Files under the data dir:

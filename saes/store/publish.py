@@ -38,6 +38,7 @@ from saes.store.schema import (
     COLUMN_FIELDS,
     DELETED,
     DICTIONARIES,
+    EXPLANATIONS,
     FAILED,
     FEATURES,
     SUPERSEDED,
@@ -194,11 +195,18 @@ def gc_orphans(
     return deleted
 
 
-def delete_dictionary(db: Database[Document], dictionary_id: str) -> int:
-    """Remove a dictionary with all its analyses and features; returns the feature documents deleted."""
+def delete_dictionary(db: Database[Document], dictionary_id: str, *, keep_explanations: bool = False) -> int:
+    """Remove a dictionary with all its analyses, features and (unless ``keep_explanations``) its
+    explanations; returns the feature documents deleted.
+
+    Explanations outlive a re-analysis (same SAE, same features) but not the dictionary: left
+    behind they would still be served by id and would attach to whatever SAE is next published
+    under that id. ``keep_explanations=True`` is for re-creating the same dictionary from scratch."""
     db[DICTIONARIES].delete_one({"_id": dictionary_id})
     deleted = db[FEATURES].delete_many({"dictionary_id": dictionary_id}).deleted_count
     db[ANALYSES].delete_many({"dictionary_id": dictionary_id})
+    if not keep_explanations:
+        db[EXPLANATIONS].delete_many({"dictionary_id": dictionary_id})
     return deleted
 
 

@@ -6,16 +6,15 @@ the read may be empty or partial; it is then redone under the new id, so callers
 a partial result, or a mix of two analyses.
 
 Sorted listing: every active analysis carries whole-analysis columns (index, count, density,
-max_activation, mean_activation as packed arrays, ~16 bytes a feature). :func:`list_features`
-sorts and filters those in numpy and fetches just one page of documents by index, which takes
-milliseconds; a server-side sort over full feature documents takes ~1 s at 16k features on the
-local servers. Arbitrary ``filter`` queries fall back to the server-side sort.
+max_activation, mean_activation as packed arrays, a few bytes a feature). :func:`list_features`
+sorts and filters those in numpy and fetches just one page of documents by index, instead of a
+server-side sort over full feature documents. Arbitrary ``filter`` queries fall back to the server-side sort.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -53,15 +52,34 @@ def list_analyses(db: Database[Document], dictionary_id: str) -> list[Document]:
     return list(db[ANALYSES].find({"dictionary_id": dictionary_id}, {"columns": 0}).sort("started_at", -1))
 
 
+def get_analysis(
+    db: Database[Document], analysis_id: str, projection: Mapping[str, Any] | None = None
+) -> Document | None:
+    """One analysis record by id (any status), or None."""
+    return db[ANALYSES].find_one({"_id": analysis_id}, projection)
+
+
+def get_analysis_feature(
+    db: Database[Document],
+    dictionary_id: str,
+    analysis_id: str,
+    index: int,
+    projection: Mapping[str, Any] | None = None,
+) -> Document | None:
+    """Feature ``index`` of the analysis ``analysis_id`` (no active-id check: for callers that
+    resolved the id themselves and redo the read when it changed), or None."""
+    return db[FEATURES].find_one(
+        {"dictionary_id": dictionary_id, "analysis_id": analysis_id, "index": int(index)}, projection
+    )
+
+
 def get_feature(
     db: Database[Document], dictionary_id: str, index: int, projection: Mapping[str, Any] | None = None
 ) -> Document | None:
     """One feature of the active analysis, or None."""
 
     def read(aid: str) -> Document | None:
-        return db[FEATURES].find_one(
-            {"dictionary_id": dictionary_id, "analysis_id": aid, "index": int(index)}, projection
-        )
+        return get_analysis_feature(db, dictionary_id, aid, index, projection)
 
     return _read_active(db, dictionary_id, read, None)
 
@@ -78,9 +96,17 @@ def get_features(
     return _read_active(db, dictionary_id, read, [])
 
 
+def iter_analysis_features(db: Database[Document], dictionary_id: str, analysis_id: str,
+                           projection: Mapping[str, Any] | None = None, batch_size: int = 2000) -> Iterator[Document]:
+    """Every feature document of one analysis (in no particular order), fetched ``batch_size`` at
+    a time: a full scan, for building in-memory indexes such as the server's search."""
+    cursor = db[FEATURES].find({"dictionary_id": dictionary_id, "analysis_id": analysis_id}, projection)
+    yield from cursor.batch_size(batch_size)
+
+
 def count_features(db: Database[Document], dictionary_id: str) -> int:
     """The number of features in the active analysis (0 if none). Read from the analysis record
-    (written at publish), not counted: counting 16k documents takes ~0.7 s on the local server."""
+    (written at publish), not counted: counting documents scans them on the local servers."""
     aid = active_analysis_id(db, dictionary_id)
     if aid is None:
         return 0

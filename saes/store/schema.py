@@ -19,6 +19,12 @@ Collections (database ``$SAES_MONGO_DB``, default ``saes``):
      ... any further fields: histograms, top contexts, quantile samples, logit effects, neighbours,
      with arrays stored by :func:`saes.store.arrays.pack_array` (float16/float32 BSON binary)}
 
+``explanations``  one text per explained feature, ``_id`` = ``"{dictionary_id}:{index}"`` (kept
+apart from analyses, so a re-analysis keeps them; see :mod:`saes.store.explanations`)::
+
+    {_id, dictionary_id, index: int, text: str, updated_at, source: "human" | "auto",
+     explainer: str | None, scores: {name: float} | None}
+
 Readers only ever read features whose ``analysis_id`` is their dictionary's ``active_analysis_id``
 (see :mod:`saes.store.publish` for the protocol that makes a re-analysis atomic).
 """
@@ -38,6 +44,7 @@ DEFAULT_DB = "saes"
 DICTIONARIES = "dictionaries"
 ANALYSES = "analyses"
 FEATURES = "features"
+EXPLANATIONS = "explanations"
 
 # Analysis statuses.
 WRITING, ACTIVE, SUPERSEDED, DELETED, FAILED = "writing", "active", "superseded", "deleted", "failed"
@@ -101,8 +108,10 @@ def connect(
 
 def ensure_indexes(db: Database[Document]) -> None:
     """Create the collections' indexes if missing: features (dictionary_id, analysis_id, index)
-    unique, plus density and max_activation within an analysis; analyses by dictionary/status."""
+    unique, plus density and max_activation within an analysis; analyses by dictionary/status;
+    explanations by dictionary and feature index."""
     features = db[FEATURES]
     for name, keys, unique in FEATURE_INDEXES:
         features.create_index(keys, name=name, unique=unique)
     db[ANALYSES].create_index([("dictionary_id", 1), ("status", 1)], name="by_dictionary_status")
+    db[EXPLANATIONS].create_index([("dictionary_id", 1), ("index", 1)], name="by_dictionary_index")

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from saes.errors import ConfigError
 
 
 def wandb_mode(mode: str) -> str:
@@ -58,8 +57,6 @@ class MetricsLog:
                 resume="allow" if wandb_id else None,
                 reinit="create_new",
             )
-        elif logger_cfg.kind != "none":
-            raise ConfigError(f"logger.kind={logger_cfg.kind!r} is unknown; use logger=wandb or logger=none")
 
     @property
     def wandb_id(self) -> str | None:

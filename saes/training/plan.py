@@ -22,9 +22,23 @@ class MemberSpec:
     name: str
     """Folder (relative to the run folder) and W&B name suffix, e.g. ``L3.resid_post.k16``."""
     layer: int
-    hook_in: str
-    hook_out: str
+    hooks_in: tuple[str, ...]
+    """Hooks the dictionary reads (one for the variants here)."""
+    hooks_out: tuple[str, ...]
+    """Hooks it reconstructs (``hooks_in`` for an SAE)."""
     sae_options: dict[str, Any]
+
+    @property
+    def hook_in(self) -> str:
+        """The input hook of a single-site member."""
+        (hook,) = self.hooks_in
+        return hook
+
+    @property
+    def hook_out(self) -> str:
+        """The output hook of a single-site member."""
+        (hook,) = self.hooks_out
+        return hook
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -69,5 +83,5 @@ def plan_members(cfg: DictConfig) -> list[MemberSpec]:
         parts = [f"L{layer}"] if len(layers) > 1 else []
         parts += [_short_hook(hook_in)] if len(hooks_in) > 1 else []
         parts += [f"{k}{v}" for k, v in combo.items()]
-        members.append(MemberSpec(".".join(parts) or SINGLE_FOLDER, layer, hook_in, hook_out, {**sae, **combo}))
+        members.append(MemberSpec(".".join(parts) or SINGLE_FOLDER, layer, (hook_in,), (hook_out,), {**sae, **combo}))
     return members

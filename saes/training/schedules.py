@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import math
 
-from saes.errors import ConfigError
-
-SCHEDULES = ("constant", "cosine", "linear")
+from saes.config import Schedule
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, final_ratio: float) -> float:
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: Schedule, final_ratio: float) -> float:
     """Linear warmup from 0 over ``warmup_steps``, then ``schedule`` down to ``final_ratio``."""
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"optimizer.schedule={schedule!r} is unknown; use one of {SCHEDULES}")
+    schedule = Schedule(schedule)
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    if schedule == "constant":
+    if schedule == Schedule.constant:
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "linear":
+    if schedule == Schedule.linear:
         return 1.0 - (1.0 - final_ratio) * progress
     return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

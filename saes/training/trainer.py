@@ -1,18 +1,21 @@
-"""One SAE's optimisation state: normalization, optimizer, schedule, dead-latent tracking."""
+"""One dictionary's optimisation: normalization, optimizer, schedule, dead-latent tracking.
+
+The trainer owns everything that touches optimizer state: the dictionary returns losses (and the
+latents to reset, ``TrainStepOutput.reset_latents``) and never sees the optimizer."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from saes.errors import ConfigError
-from saes.sae.base import SAE, TrainStepOutput
+from saes.config import AutocastDType, BDecInit
+from saes.activations.stream import Activations
+from saes.sae.base import SAE, StepInput, TrainStepOutput
 from saes.training.schedules import lr_factor
 
-B_DEC_INITS = ("mean", "geometric_median", "zeros")
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTOCAST_DTYPES = {AutocastDType.bfloat16: torch.bfloat16, AutocastDType.float16: torch.float16}
 
 
 def activation_scale(x_ND: torch.Tensor) -> float:
@@ -50,14 +53,20 @@ def clip_grad_norm(params, max_norm: float) -> None:
 
 
 class SAETrainer:
-    """Trains one SAE on (x, y) batches of raw activations.
+    """Trains one dictionary on batches of raw activations ``{hook: [B, D]}``.
 
-    Activations are multiplied by ``scale_in`` / ``scale_out`` before the SAE sees them (dataset-
-    wise normalization); ``folded_copy`` returns an SAE that takes raw activations.
+    It reads ``hooks_in`` and reconstructs ``hooks_out`` (default: ``hooks_in``, an SAE). Each
+    hook's activations are multiplied by its dataset-wise normalization scale (``scales``) before
+    the dictionary sees them; ``folded_copy`` returns a dictionary that takes raw activations.
     """
 
-    def __init__(self, sae: SAE, optimizer_cfg: Any, training_cfg: Any, total_tokens: int):
+    def __init__(self, sae: SAE, optimizer_cfg: Any, training_cfg: Any, total_tokens: int,
+                 hooks_in: Sequence[str] = ("x",), hooks_out: Sequence[str] | None = None):
         self.sae = sae
+        self.hooks_in = tuple(hooks_in)
+        self.hooks_out = tuple(hooks_out) if hooks_out else self.hooks_in
+        self.reconstructs_input = self.hooks_out == self.hooks_in
+        """An SAE: the targets are the (normalized) inputs themselves."""
         self.training_cfg = training_cfg
         self.optimizer_cfg = optimizer_cfg
         self.total_steps = max(1, total_tokens // training_cfg.batch_size)
@@ -75,66 +84,78 @@ class SAETrainer:
             foreach=not fused,
             fused=fused,
         )
-        self.autocast("cpu")  # fails now, naming the key, if training.autocast is unknown
         self.step_count = 0
         self.tokens = 0
-        self.scale_in = 1.0
-        self.scale_out = 1.0
+        self.scales: dict[str, float] = dict.fromkeys((*self.hooks_in, *self.hooks_out), 1.0)
         self.tokens_since_fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
 
     @torch.no_grad()
-    def initialize_from_data(self, x_ND: torch.Tensor, y_ND: torch.Tensor, generator: torch.Generator) -> None:
+    def initialize_from_data(self, sample: Activations, generator: torch.Generator) -> None:
         """Estimate the normalization scales and set b_dec from a sample of raw activations."""
         if self.training_cfg.normalize_activations:
-            self.scale_in = activation_scale(x_ND)
-            self.scale_out = self.scale_in if y_ND is x_ND else activation_scale(y_ND)
+            self.scales = {hook: activation_scale(sample[hook]) for hook in self.scales}
         self.sae.initialize(generator=generator)
-        y = y_ND * self.scale_out
-        init = self.training_cfg.b_dec_init
-        if init == "mean":
+        (hook_out,) = self.hooks_out  # the variants here reconstruct one hook
+        y = sample[hook_out] * self.scales[hook_out]
+        init = BDecInit(self.training_cfg.b_dec_init)
+        if init == BDecInit.mean:
             self.sae.b_dec_O.copy_(y.mean(0))
-        elif init == "geometric_median":
+        elif init == BDecInit.geometric_median:
             self.sae.b_dec_O.copy_(geometric_median(y))
-        elif init != "zeros":
-            raise ConfigError(f"training.b_dec_init={init!r} is unknown; use one of {B_DEC_INITS}")
+
+    @property
+    def scale_in(self) -> float:
+        """The normalization scale of the (only) input hook."""
+        return self.scales[self.hooks_in[0]]
 
     def dead_mask(self) -> torch.Tensor:
         """Latents that have not fired for ``training.dead_tokens`` tokens."""
         return self.tokens_since_fired_F >= self.training_cfg.dead_tokens
 
-    def step(self, x_BD: torch.Tensor, y_BD: torch.Tensor) -> TrainStepOutput:
-        """One optimizer step on a batch of raw activations."""
+    def step(self, batch: Activations) -> TrainStepOutput:
+        """One optimizer step on a batch of raw activations (holding at least this trainer's hooks)."""
         factor = lr_factor(
             self.step_count, self.total_steps, self.warmup_steps, self.optimizer_cfg.schedule, self.optimizer_cfg.final_lr_ratio
         )
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        x = x_BD * self.scale_in
-        y = x if y_BD is x_BD else y_BD * self.scale_out
-        state = {"dead_F": self.dead_mask(), "progress": self.step_count / self.total_steps, "tokens": self.tokens,
-                 "optimizer": self.optimizer}
-        with self.autocast(x.device.type):
-            out = self.sae.training_forward(x, y, state)
+        inputs = {hook: batch[hook] * self.scales[hook] for hook in self.hooks_in}
+        targets = inputs if self.reconstructs_input else {hook: batch[hook] * self.scales[hook] for hook in self.hooks_out}
+        n_rows = batch[self.hooks_in[0]].shape[0]
+        step = StepInput(inputs, targets, dead_F=self.dead_mask(), progress=self.step_count / self.total_steps, tokens=self.tokens)
+        with self.autocast(batch[self.hooks_in[0]].device.type):
+            out = self.sae.training_forward(step)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if out.reset_latents is not None:
+            self.reset_optimizer_state(out.reset_latents)
         self.sae.before_step()
         if self.optimizer_cfg.grad_clip:
             clip_grad_norm(self.sae.parameters(), self.optimizer_cfg.grad_clip)
         self.optimizer.step()
         self.sae.after_step()
-        self.tokens_since_fired_F += x_BD.shape[0]
+        self.tokens_since_fired_F += n_rows
         self.tokens_since_fired_F[out.fired_F] = 0
         self.step_count += 1
-        self.tokens += x_BD.shape[0]
+        self.tokens += n_rows
         return out
+
+    @torch.no_grad()
+    def reset_optimizer_state(self, latents: torch.Tensor) -> None:
+        """Zero the optimizer moments of ``latents`` in every parameter the dictionary indexes by
+        latent (``latent_axes``), e.g. after resampling them."""
+        params = dict(self.sae.named_parameters())
+        for name, axis in self.sae.latent_axes().items():
+            param = params[name]
+            for moment in self.optimizer.state.get(param, {}).values():
+                if torch.is_tensor(moment) and moment.shape == param.shape:
+                    moment.index_fill_(axis, latents.to(moment.device), 0.0)
 
     def autocast(self, device_type: str) -> torch.autocast:
         """Mixed precision for the SAE forward (``training.autocast``: bfloat16/float16 matmuls,
         float32 master weights and optimizer state); disabled when unset."""
         name = getattr(self.training_cfg, "autocast", None)
-        dtype = AUTOCAST_DTYPES.get(name) if name else None
-        if name and dtype is None:
-            raise ConfigError(f"training.autocast={name!r} is unknown; use one of {sorted(AUTOCAST_DTYPES)} or null")
+        dtype = AUTOCAST_DTYPES[AutocastDType(name)] if name else None
         return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def state_dict(self) -> dict[str, Any]:
@@ -144,8 +165,7 @@ class SAETrainer:
             "optimizer": self.optimizer.state_dict(),
             "step_count": self.step_count,
             "tokens": self.tokens,
-            "scale_in": self.scale_in,
-            "scale_out": self.scale_out,
+            "scales": self.scales,
             "tokens_since_fired_F": self.tokens_since_fired_F,
         }
 
@@ -153,7 +173,7 @@ class SAETrainer:
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step_count, self.tokens = state["step_count"], state["tokens"]
-        self.scale_in, self.scale_out = state["scale_in"], state["scale_out"]
+        self.scales = dict(state["scales"])
         self.tokens_since_fired_F = state["tokens_since_fired_F"].to(self.tokens_since_fired_F.device)
 
     def folded_copy(self) -> SAE:
@@ -164,5 +184,5 @@ class SAETrainer:
         sae = self.sae.inference_form()
         if sae is self.sae:
             sae = copy.deepcopy(sae)
-        sae.fold_activation_scale(self.scale_in, self.scale_out)
+        sae.fold_activation_scales([self.scales[h] for h in self.hooks_in], [self.scales[h] for h in self.hooks_out])
         return sae

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException
 from pymongo.database import Database
 
-from saes.store import ANALYSES, query
+from saes.store import query
 from server.deps import get_db
 from server.serialize import dictionary_summary, to_json
 
@@ -29,7 +29,7 @@ async def get_dictionary(dictionary_id: str, db: Database = Depends(get_db)) -> 
     if doc is None:
         raise HTTPException(404, f"no dictionary {dictionary_id!r}")
     aid = doc.get("active_analysis_id")
-    analysis = db[ANALYSES].find_one({"_id": aid}, {"meta.stats": 1, "meta.hook_in": 1, "finished_at": 1}) if aid else None
+    analysis = query.get_analysis(db, aid, {"meta.stats": 1, "meta.hook_in": 1, "finished_at": 1}) if aid else None
     stats = ((analysis or {}).get("meta") or {}).get("stats") or {}
     return {
         **dictionary_summary(doc),

@@ -2,13 +2,12 @@
 search, and human-written explanations (kept apart from analyses, so re-analysis keeps them).
 
 Routes answered from caches or by one indexed lookup are ``async`` and run on the event loop (no
-thread hand-off; ~30% more requests/s on 2 cores, see benchmarks/server_load.py); routes that can
+thread hand-off; measured by benchmarks/server_load.py); routes that can
 take long (search's first scan of an analysis, writes) are plain ``def`` and run in the thread pool."""
 
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
@@ -16,14 +15,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 from pymongo.database import Database
 
-from saes.store import query
+from saes.store import get_explanation_text, put_explanation, query
 from server.deps import get_db, get_dictionaries, get_feature_pages, get_search_cache, require_write_token
 from server.pages import Dictionaries, FeaturePages, with_explanation
 from server.search import SearchCache
 from server.serialize import to_json
 
 router = APIRouter(tags=["features"])
-EXPLANATIONS = "explanations"
 LIST_FIELDS = {"index": 1, "density": 1, "max_activation": 1, "mean_activation": 1, "count": 1}
 
 
@@ -40,9 +38,9 @@ def _require_dictionary(db: Database, dictionary_id: str, cache: Dictionaries | 
     return doc
 
 
-def _explanation(db: Database, dictionary_id: str, index: int) -> str | None:
-    doc = db[EXPLANATIONS].find_one({"_id": f"{dictionary_id}:{index}"})
-    return doc["text"] if doc else None
+def _explanation_text(db: Database, dictionary_id: str, index: int) -> str | None:
+    """The stored explanation's text; None for none, and for a negative index (never stored)."""
+    return get_explanation_text(db, dictionary_id, index) if index >= 0 else None
 
 
 @router.get("/dictionaries/{dictionary_id}/features")
@@ -95,7 +93,7 @@ async def get_feature(dictionary_id: str, index: int, db: Database = Depends(get
     page = pages.get(db, _require_dictionary(db, dictionary_id, dictionaries), index)
     if page is None:
         raise HTTPException(404, f"dictionary {dictionary_id!r} has no feature {index}")
-    return Response(with_explanation(page, _explanation(db, dictionary_id, index)), media_type="application/json")
+    return Response(with_explanation(page, _explanation_text(db, dictionary_id, index)), media_type="application/json")
 
 
 @router.get("/dictionaries/{dictionary_id}/search")
@@ -124,16 +122,12 @@ class Explanation(BaseModel):
 
 @router.get("/dictionaries/{dictionary_id}/features/{index}/explanation")
 def read_explanation(dictionary_id: str, index: int, db: Database = Depends(get_db)) -> dict[str, Any]:
-    return {"index": index, "text": _explanation(db, dictionary_id, index)}
+    return {"index": index, "text": _explanation_text(db, dictionary_id, index)}
 
 
 @router.put("/dictionaries/{dictionary_id}/features/{index}/explanation", dependencies=[Depends(require_write_token)])
 def write_explanation(dictionary_id: str, index: int, body: Explanation, db: Database = Depends(get_db)) -> dict[str, Any]:
     if query.get_feature(db, dictionary_id, index) is None:
         raise HTTPException(404, f"dictionary {dictionary_id!r} has no feature {index}")
-    db[EXPLANATIONS].replace_one(
-        {"_id": f"{dictionary_id}:{index}"},
-        {"dictionary_id": dictionary_id, "index": index, "text": body.text, "updated_at": datetime.now(timezone.utc)},
-        upsert=True,
-    )
+    put_explanation(db, dictionary_id, index, body.text, source="human")
     return {"index": index, "text": body.text}

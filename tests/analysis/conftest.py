@@ -1,9 +1,8 @@
-"""Fixtures of the analysis tests: a real MongoDB-wire-protocol server over TCP (started on a temp
-dir for the session), and small SAEs for the real default model written as saes checkpoints."""
+"""Fixtures of the analysis tests: a fresh database on the session's real MongoDB-protocol server
+(``mongo_uri`` in tests/conftest.py), and small SAEs for the real default model written as saes checkpoints."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 from saes.sae.formats import save_sae
 from saes.sae.registry import build
-from saes.store import ServerNotInstalledError, connect, ensure_server, local_server, stop_server
+from saes.store import connect
 
 HOOK = "blocks.3.hook_resid_post"
 DATA = {"source": "pydocs", "path": None, "subset": None, "split": "train", "text_column": "text", "context_size": 128,
@@ -47,25 +46,6 @@ def make_sae(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return run
 
     return make
-
-
-@pytest.fixture(scope="session")
-def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URI of a real local server on a temp dir for the session; stopped at the end."""
-    try:
-        local_server.find_backend()
-    except ServerNotInstalledError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"no MongoDB server for the analysis tests: {e}")
-        pytest.skip(f"no local MongoDB server installed: {e}")
-    data_dir = tmp_path_factory.mktemp("mongo")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MONGO_URI", raising=False)
-        uri = ensure_server(data_dir)
-    try:
-        yield uri
-    finally:
-        stop_server(data_dir)
 
 
 @pytest.fixture

@@ -29,7 +29,9 @@ from saes.sae.formats import load_sae
 from saes.store import StoreConnectionError, connect, get_dictionary, list_analyses, unpack_array
 
 from ..conftest import REPO
-from tests.conftest import DATA, HOOK
+from tests.analysis.conftest import DATA, HOOK
+
+pytestmark = pytest.mark.slow  # runs the real model end to end (deselect with -m 'not slow')
 
 register_analyze_configs()
 D_SAE, K = 256, 8

@@ -15,9 +15,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from saes.analysis.config import AnalysisConfig, AnalyzeConfig, register_analyze_configs, validate_analysis
-from saes.analysis.target import derive_dictionary_id, find_sae_dir, resolve_target
-from saes.analyze import sae_arg
+from saes.analysis.target import derive_dictionary_id, resolve_target
 from saes.errors import ConfigError
+from saes.resolve import sae_argv
 
 from ..conftest import REPO
 
@@ -25,8 +25,9 @@ register_analyze_configs()
 
 
 def _compose(*overrides: str):
+    """The config of ``python -m saes.analyze <overrides>`` and Hydra's group choices."""
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("analyze", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose("analyze", overrides=sae_argv(list(overrides)), return_hydra_config=True)
     return cfg, dict(cfg.hydra.runtime.choices)
 
 
@@ -72,30 +73,36 @@ def test_bad_analysis_values_name_the_key(key, value, message):
 
 
 def test_sae_argument_and_overrides_compose():
-    assert sae_arg(["sae=outputs/x", "analysis.tokens=5", "data=files"]) == ["sae_path=outputs/x", "analysis.tokens=5", "data=files"]
-    cfg, choices = _compose("sae_path=x", "analysis.top_n=3", "model.source=/m", "device=cpu")
-    assert cfg.analysis.top_n == 3 and cfg.model.source == "/m" and cfg.model.device == "cpu" and cfg.data.source is None
+    cfg, choices = _compose("sae=x", "analysis.top_n=3", "model.source=/m", "device=cpu")
+    assert cfg.sae_path == "x" and cfg.analysis.top_n == 3 and cfg.model.source == "/m" and cfg.model.device == "cpu"
+    assert cfg.data.source is None and cfg.layer is None
     assert choices["data"] is None and choices["analysis"] == "default"
     with pytest.raises(ConfigCompositionException, match="top_nn"):
-        _compose("sae_path=x", "analysis.top_nn=3")
+        _compose("sae=x", "analysis.top_nn=3")
     with pytest.raises(ConfigCompositionException, match="analysis.tokens"):
-        _compose("sae_path=x", "analysis.tokens=many")
+        _compose("sae=x", "analysis.tokens=many")
+    with pytest.raises(ConfigCompositionException, match="context_sise"):
+        _compose("sae=x", "data.context_sise=5")
 
 
 def test_model_hook_and_data_come_from_the_sae_metadata(make_sae):
     run = make_sae(16, 2, name="meta")
-    target = resolve_target(*_compose(f"sae_path={run}"))
+    target = resolve_target(*_compose(f"sae={run}", "device=cpu"))
     assert target.sae_dir == run / "sae" and target.run_dir == run
     assert target.model.source == "embedded:smollm2-135m-instruct" and target.model.bos_token == "<|endoftext|>"
+    assert (target.model.device, target.model.dtype) == ("cpu", "float32")  # the command's, not the training run's
     assert target.hook_in == target.hook_out == "blocks.3.hook_resid_post"
     assert target.data.source == "pydocs" and target.data.context_size == 128 and target.data.exclude_special
+    assert target.dictionary_id == derive_dictionary_id(run / "sae") and target.metadata["status"] == "finished"
 
-    target = resolve_target(*_compose(f"sae_path={run}/sae", "data.context_size=64", "site=mlp_out", "dtype=bfloat16"))
+    target = resolve_target(*_compose(f"sae={run}/sae", "data.context_size=64", "site=mlp_out", "dtype=bfloat16"))
     assert target.data.context_size == 64 and target.data.source == "pydocs"  # one key overridden
     assert target.hook_in == "blocks.3.hook_mlp_out" and target.model.dtype == "bfloat16"
-    target = resolve_target(*_compose(f"sae_path={run}", "data=files", "data.path=/c/*.txt", "site.hook_in=blocks.5.hook_resid_pre"))
+    target = resolve_target(*_compose(f"sae={run}", "data=files", "data.path=/c/*.txt", "site.hook_in=blocks.5.hook_resid_pre"))
     assert (target.data.source, target.data.path, target.data.holdout_tokens) == ("files", "/c/*.txt", 50000)  # whole group
-    assert target.hook_in == "blocks.5.hook_resid_pre"
+    assert target.hook_in == target.hook_out == "blocks.5.hook_resid_pre"
+    target = resolve_target(*_compose(f"sae={run}", "site=mlp_out", "layer=7", "dictionary_id=mine"))
+    assert target.hook_in == "blocks.7.hook_mlp_out" and target.dictionary_id == "mine"
 
 
 def test_a_foreign_sae_without_dataset_metadata_asks_for_data(make_sae):
@@ -105,16 +112,20 @@ def test_a_foreign_sae_without_dataset_metadata_asks_for_data(make_sae):
     cfg["metadata"] = {"model_name": "gpt2", "hook_name": "blocks.3.hook_resid_post", "context_size": 1024}
     cfg_file.write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match=r"data=<pydocs"):
-        resolve_target(*_compose(f"sae_path={run}"))
-    target = resolve_target(*_compose(f"sae_path={run}", "data=pydocs"))
-    assert target.model.source == "gpt2" and target.data.source == "pydocs" and target.data.context_size == 128
+        resolve_target(*_compose(f"sae={run}"))
+    target = resolve_target(*_compose(f"sae={run}", "data=pydocs"))
+    assert target.model.source == "openai-community/gpt2"  # model_name matched conf/model/gpt2.yaml
+    assert target.data.source == "pydocs" and target.data.context_size == 1024  # the context it was trained on
+    assert resolve_target(*_compose(f"sae={run}", "data=pydocs", "data.context_size=128")).data.context_size == 128
 
 
 def test_unknown_sae_paths_fail_clearly(tmp_path):
     with pytest.raises(ConfigError, match="no such folder"):
-        find_sae_dir(str(tmp_path / "missing"))
+        resolve_target(*_compose(f"sae={tmp_path / 'missing'}"))
     with pytest.raises(ConfigError, match="cfg.json"):
-        find_sae_dir(str(tmp_path))
+        resolve_target(*_compose(f"sae={tmp_path}"))
+    with pytest.raises(ConfigError, match="sae= is not set"):
+        resolve_target(*_compose())
 
 
 def test_dictionary_ids_are_stable_readable_and_distinct(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # runs the real model end to end (deselect with -m 'not slow')
+
 DATA = ["data.holdout_tokens=1024"]
 TRAIN = ["tokens=8192", "sae.k=[8,16,32]", "sae.expansion_factor=2", "training.batch_size=256",
          "activations.buffer_tokens=2048", "activations.batch_contexts=8", "training.eval_tokens=1024",

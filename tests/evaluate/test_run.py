@@ -1,91 +1,85 @@
-"""How ``python -m saes.evaluate`` rebuilds model, data and hook from metadata and overrides."""
+"""``python -m saes.evaluate``'s command line: ``conf/evaluate.yaml`` composed with the user's
+overrides, resolved by ``saes.resolve`` (whose rules tests/test_resolve.py checks one by one)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 
-from saes.evaluate.config import register_evaluate_configs
 from saes.errors import ConfigError
-from saes.evaluate.run import eval_setup, sae_folder, user_settings
+from saes.evaluate.config import register_evaluate_configs
+from saes.evaluate.run import run_evaluation
+from saes.resolve import resolve_config, sae_argv
+from tests.test_resolve import SAELENS, TRAINED
+
+from ..conftest import REPO
 
 register_evaluate_configs()
 
-TRAINED = {  # metadata of an SAE trained by saes (the parts eval_setup reads)
-    "model_name": "embedded:smollm2-135m-instruct",
-    "hook_name": "blocks.3.hook_resid_post",
-    "context_size": 128,
-    "config": {
-        "layer": 3,
-        "model": {"name": "smollm2-135m", "source": "embedded:smollm2-135m-instruct", "bos_token": "<|endoftext|>",
-                  "dtype": "float32"},
-        "data": {"source": "pydocs", "context_size": 128, "holdout_tokens": 20000, "exclude_special": True},
-        "site": {"hook_in": "blocks.3.hook_resid_post", "hook_out": "blocks.3.hook_resid_post"},
-    },
-}
-SAELENS = {"model_name": "gpt2", "hook_name": "blocks.8.hook_resid_pre", "context_size": 1024, "prepend_bos": True}
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=sae_argv(list(overrides)), return_hydra_config=True)
+    return cfg, dict(cfg.hydra.runtime.choices)
 
 
-def _setup(metadata, *overrides, folder=Path("sae")):
-    with initialize(version_base="1.3", config_path=None):
-        cfg = compose("evaluate", overrides=["sae=x", *overrides], return_hydra_config=True)
-    user = user_settings(cfg, list(cfg.hydra.overrides.task), dict(cfg.hydra.runtime.choices))
-    return eval_setup(folder, metadata, user, cfg.layer)
+def _sae(folder: Path, metadata: dict) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "cfg.json").write_text(json.dumps({"metadata": metadata}))
+    return folder
 
 
-def test_a_saes_checkpoint_needs_no_overrides():
-    s = _setup(TRAINED)
-    assert s.model["source"] == "embedded:smollm2-135m-instruct" and s.model["bos_token"] == "<|endoftext|>"
-    assert s.data.holdout_tokens == 20000 and s.data.source == "pydocs"
-    assert (s.hook_in, s.hook_out) == ("blocks.3.hook_resid_post",) * 2 and s.trained_by_saes
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "saes.evaluate", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
 
 
-def test_a_key_changes_that_key_and_a_group_replaces_the_group():
-    s = _setup(TRAINED, "data.holdout_tokens=4096")
-    assert s.data.holdout_tokens == 4096 and s.data.source == "pydocs"
-    s = _setup(TRAINED, "data=fineweb_edu")
-    assert s.data.path == "HuggingFaceFW/fineweb-edu" and s.data.holdout_tokens == 50000 and s.data.context_size == 1024
-    s = _setup(TRAINED, "site=mlp_out")
-    assert (s.hook_in, s.hook_out) == ("blocks.3.hook_mlp_out",) * 2  # the SAE's own layer
-    s = _setup(TRAINED, "site=mlp_out", "layer=5")
-    assert s.hook_in == "blocks.5.hook_mlp_out"
-    s = _setup(TRAINED, "site.hook_in=blocks.4.hook_resid_pre")
-    assert (s.hook_in, s.hook_out) == ("blocks.4.hook_resid_pre",) * 2
-    s = _setup(TRAINED, "model=gpt2")
-    assert s.model["source"] == "openai-community/gpt2" and s.model["bos_token"] is None
+def test_the_sae_metadata_is_the_default_and_the_command_line_overrides_it(tmp_path):
+    run = tmp_path / "run"
+    _sae(run / "sae", TRAINED)
+    s = resolve_config(*_cfg(f"sae={run}"))
+    assert s.sae_dir == run / "sae" and s.data.holdout_tokens == 20000 and s.hook_in == "blocks.3.hook_resid_post"
+    s = resolve_config(*_cfg(f"sae={run}", "model=gpt2", "data=pydocs", "data.holdout_tokens=4096", "site=attn_out", "layer=1"))
+    assert s.model.source == "openai-community/gpt2" and (s.data.source, s.data.holdout_tokens) == ("pydocs", 4096)
+    assert s.hook_in == s.hook_out == "blocks.1.hook_attn_out"
 
 
-def test_a_saelens_checkpoint_takes_model_hook_and_context_from_its_metadata():
-    s = _setup(SAELENS, "data=pydocs")
-    assert s.model["source"] == "openai-community/gpt2"  # model_name matched conf/model/gpt2.yaml
-    assert s.hook_in == "blocks.8.hook_resid_pre" and s.data.context_size == 1024 and not s.trained_by_saes
-    assert _setup(SAELENS, "data=pydocs", "data.context_size=256").data.context_size == 256
-
-
-@pytest.mark.parametrize("metadata, overrides, message", [
-    (SAELENS, [], "data=<option>"),
-    ({}, ["data=pydocs"], "model=<option>"),
-    ({"model_name": "gpt2"}, ["data=pydocs"], "site.hook_in=<hook>"),
-    ({"model_name": "gpt2"}, ["data=pydocs", "site=resid_post"], "layer=<block index>"),
-])
-def test_what_is_missing_is_named_with_the_fix(metadata, overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        _setup(metadata, *overrides)
+def test_a_saelens_checkpoint_needs_data_and_keeps_its_context(tmp_path):
+    foreign = _sae(tmp_path / "saelens", SAELENS)
+    with pytest.raises(ConfigError, match="data=<option>"):
+        resolve_config(*_cfg(f"sae={foreign}"))
+    s = resolve_config(*_cfg(f"sae={foreign}", "data=pydocs"))
+    assert s.model.source == "openai-community/gpt2" and s.hook_in == "blocks.8.hook_resid_pre"
+    assert s.data.context_size == 1024 and not s.trained_by_saes
+    assert resolve_config(*_cfg(f"sae={foreign}", "data=pydocs", "data.context_size=256")).data.context_size == 256
 
 
 def test_a_misspelled_key_fails_by_name():
-    from hydra.errors import ConfigCompositionException
-
     with pytest.raises(ConfigCompositionException, match="context_sise"):
-        _setup(SAELENS, "data=pydocs", "data.context_sise=5")
+        _cfg("sae=x", "data=pydocs", "data.context_sise=5")
 
 
-def test_run_folders_with_several_saes_list_them(tmp_path):
+@pytest.mark.parametrize("key", ["eval_tokens", "batch_contexts"])
+def test_counts_must_be_positive_before_anything_is_read(tmp_path, key):
+    cfg, choices = _cfg(f"sae={tmp_path / 'not-read'}", f"{key}=0")
+    with pytest.raises(ConfigError, match=f"{key}=0 must be positive"):
+        run_evaluation(cfg, tmp_path / "out", choices)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_help_and_bad_input_exit_2_naming_sae(tmp_path):
+    out = _cli("--help")
+    assert out.returncode == 0 and "sae_path: ???" in out.stdout and "model:" in out.stdout
+    out = _cli(f"hydra.run.dir={tmp_path / 'a'}")
+    assert out.returncode == 2 and out.stderr.startswith("saes.evaluate: error: sae= is not set: pass sae=<")
     for name in ("k8", "k16"):
-        (tmp_path / name / "sae").mkdir(parents=True)
-        (tmp_path / name / "sae" / "cfg.json").write_text("{}")
-    with pytest.raises(ConfigError, match="2 SAEs"):
-        sae_folder(tmp_path)
-    assert sae_folder(tmp_path / "k8") == tmp_path / "k8" / "sae"
+        _sae(tmp_path / "sweep" / name / "sae", TRAINED)
+    out = _cli(f"sae={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert out.returncode == 2 and "is a run folder with 2 SAEs; pass one of them: sae=" in out.stderr
+    assert "Traceback" not in out.stderr

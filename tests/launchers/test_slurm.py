@@ -17,6 +17,8 @@ import saes
 from tests.conftest import REPO
 from tests.training.test_sweeps import TINY
 
+pytestmark = pytest.mark.slow  # runs the real model end to end (deselect with -m 'not slow')
+
 SCRIPT = REPO / "scripts" / "slurm_cluster.sh"
 
 

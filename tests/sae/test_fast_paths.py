@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from saes.sae import build
+from saes.sae.base import StepInput
 from saes.training.trainer import SAETrainer
 from tests.conftest import REPO
 
@@ -79,7 +80,7 @@ def kernels(request, monkeypatch):
 def test_fp32_loss_and_gradients_match_dense_reference(arch, dead_fraction, kernels):
     sae, dense = make_pair(arch)
     x, dead = batch(), dead_mask(dead_fraction)
-    out = sae.training_forward(x, x, {"dead_F": dead})
+    out = sae.training_forward(StepInput.single(x, dead_F=dead))
     loss_ref, parts = dense.loss(x, dead)
     torch.testing.assert_close(out.loss, loss_ref, rtol=1e-5, atol=0)
     assert out.losses["fvu"] == pytest.approx(parts["fvu"].item(), rel=1e-5)
@@ -96,7 +97,7 @@ def test_bf16_autocast_matches_dense_reference_loosely(arch, dead_fraction):
     sae, dense = make_pair(arch)
     x, dead = batch(), dead_mask(dead_fraction)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = sae.training_forward(x, x, {"dead_F": dead})
+        out = sae.training_forward(StepInput.single(x, dead_F=dead))
         loss_ref, _ = dense.loss(x, dead)
     # the same bf16 pre-activations select the same latents; sums differ by bf16 rounding only
     torch.testing.assert_close(out.loss, loss_ref.float(), rtol=2e-2, atol=0)
@@ -107,7 +108,7 @@ def test_the_comparison_can_fail():
     """A wrong k, a missing AuxK term or a perturbed weight is caught by the same checks."""
     sae, dense = make_pair()
     x, dead = batch(), dead_mask(0.5)
-    out = sae.training_forward(x, x, {"dead_F": dead})
+    out = sae.training_forward(StepInput.single(x, dead_F=dead))
     ours = grads(out.loss, sae)
     loss_ref, _ = dense.loss(x, dead)
     assert_grads_close(ours, grads(loss_ref, dense), rel=2e-5)  # the unmodified reference agrees
@@ -140,7 +141,7 @@ def test_whole_trainer_steps_match_reference_steps(arch):
         x = batch(seed=10 + step)
         dead = trainer.dead_mask().clone()  # dead_tokens=0: every latent counts as dead -> AuxK on
         assert dead.all()
-        out = trainer.step(x, x)
+        out = trainer.step({"x": x})
         loss_ref = dense.step(adam, x, dead, grad_clip=0.5)
         torch.testing.assert_close(out.loss.detach(), loss_ref, rtol=1e-5, atol=0)
         for name in NAMES:

@@ -4,6 +4,7 @@ saes loads; encode/decode outputs must agree."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 
@@ -12,16 +13,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import saes
-from saes.sae import build
+from saes.sae import REGISTRY, build
 from saes.sae.formats import save_sae
 
 from tests.conftest import REPO
 from tests.sae.interop import interop_python
 
+pytestmark = pytest.mark.slow  # runs the real model end to end (deselect with -m 'not slow')
+
 D_IN, D_SAE, D_OUT = 16, 64, 12
-K_VARIANTS = {"topk", "batchtopk", "matryoshka_batchtopk"}
+K_VARIANTS = {name for name, cls in REGISTRY.items() if "k" in {f.name for f in dataclasses.fields(cls.config_class)}}
 # SAELens 6 has TopK/gated SAEs but no TopK or gated transcoder with d_out != d_in
-SAES_CASES = [(v, kind) for v in ["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka_batchtopk"]
+SAES_CASES = [(v, kind) for v in sorted(REGISTRY)
               for kind in ("sae", "transcoder_same_d", "transcoder")
               if not (kind == "transcoder" and v in ("topk", "gated"))]
 SAELENS_CASES = ["saelens_standard", "saelens_standard_no_bdec", "saelens_topk", "saelens_topk_rescaled",

@@ -5,6 +5,7 @@ import torch
 
 import saes
 from saes.sae import build
+from saes.sae.base import StepInput
 from saes.sae.formats import CheckpointError, save_sae
 from saes.sae.sparse_ops import encode_selected, pre_acts, sparse_decode, topk_select
 from saes.training.trainer import SAETrainer
@@ -60,7 +61,7 @@ def test_training_loss_is_fvu_plus_weighted_auxk():
     x = torch.randn(32, 16)
     dead = torch.zeros(64, dtype=torch.bool)
     dead[:10] = True
-    out = sae.training_forward(x, x, {"dead_F": dead})
+    out = sae.training_forward(StepInput.single(x, dead_F=dead))
     x_hat = sae(x)
     total_var = ((x - x.mean(0)) ** 2).sum()
     fvu = ((x_hat - x) ** 2).sum() / total_var
@@ -94,10 +95,10 @@ def test_decoder_rows_stay_unit_norm_and_loss_drops():
                               "b_dec_init": "mean"})
     trainer = SAETrainer(sae, opt, train, total_tokens=64 * 50)
     data = torch.randn(64 * 50, 16, dtype=torch.float32) @ torch.randn(16, 16, dtype=torch.float32)
-    trainer.initialize_from_data(data[:512], data[:512], torch.Generator().manual_seed(0))
-    first = trainer.step(data[:64], data[:64]).losses["fvu"]
+    trainer.initialize_from_data({"x": data[:512]}, torch.Generator().manual_seed(0))
+    first = trainer.step({"x": data[:64]}).losses["fvu"]
     for i in range(1, 50):
-        last = trainer.step(data[i * 64 : (i + 1) * 64], data[i * 64 : (i + 1) * 64]).losses["fvu"]
+        last = trainer.step({"x": data[i * 64 : (i + 1) * 64]}).losses["fvu"]
     assert last < 0.5 * first
     torch.testing.assert_close(sae.W_dec_FO.norm(dim=1), torch.ones(64, dtype=torch.float32))
 

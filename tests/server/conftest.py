@@ -15,7 +15,7 @@ from saes.analysis.config import register_analyze_configs
 from saes.analysis.run import run_analysis
 from server.app import create_app
 from server.settings import Settings
-from tests.analysis.conftest import make_sae, mongo_uri  # noqa: F401  (shared fixtures)
+from tests.analysis.conftest import make_sae  # noqa: F401  (shared fixture)
 
 from ..conftest import REPO
 

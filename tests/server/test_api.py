@@ -14,7 +14,7 @@ from saes.store import connect, unpack_array
 
 from tests.analysis.conftest import MODEL
 
-from tests.conftest import D_SAE, DB_NAME, WRITE_TOKEN
+from tests.server.conftest import D_SAE, DB_NAME, WRITE_TOKEN
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,39 +55,6 @@ DICT = "test-dict"
 @pytest.fixture(autouse=True)
 def _no_configured_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MONGO_URI", raising=False)
-
-
-@pytest.fixture(scope="session")
-def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """A real local server on a temp dir for the whole session; stopped at the end."""
-    try:
-        local_server.find_backend()
-    except ServerNotInstalledError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"no MongoDB server for the store tests: {e}")
-        pytest.skip(f"no local MongoDB server installed: {e}")
-    data_dir = tmp_path_factory.mktemp("mongo")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MONGO_URI", raising=False)
-        uri = ensure_server(data_dir)
-    try:
-        yield data_dir, uri
-    finally:
-        stop_server(data_dir)
-        assert _server_pids(data_dir) == [], "the session server is still running"
-
-
-@pytest.fixture
-def db(mongo_server: tuple[Path, str]) -> Iterator[Any]:
-    """A fresh database on the session server, dropped afterwards."""
-    _, uri = mongo_server
-    name = f"saes_test_{uuid.uuid4().hex[:10]}"
-    database = connect(uri, name)
-    try:
-        yield database
-    finally:
-        database.client.drop_database(name)
-        database.client.close()
 
 
 def _features(n: int, seed: int, fail_at: int | None = None, on_fail: Any = None) -> Iterator[dict[str, Any]]:

@@ -18,6 +18,8 @@ from saes.layers import parse_layers
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # runs the real model end to end (deselect with -m 'not slow')
+
 TINY = ["logger=none", "tokens=8192", "sae.expansion_factor=2", "training.batch_size=256",
         "activations.buffer_tokens=2048", "activations.batch_contexts=8", "training.ce_tokens=256",
         "training.eval_tokens=1024", "data.holdout_tokens=1024"]

@@ -14,8 +14,11 @@ import pytest
 import torch
 
 import saes
+from saes.sae import REGISTRY
 
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # runs the real model end to end (deselect with -m 'not slow')
 
 TINY = ["tokens=40000", "activations.buffer_tokens=16384", "training.ce_tokens=1024",
         "training.eval_every=20000", "training.eval_tokens=8192", "data.holdout_tokens=8192"]
@@ -104,9 +107,10 @@ def test_ctrl_c_saves_a_loadable_checkpoint(tmp_path):
     "override, message",
     [("layer=40", "smollm2-135m has 30 layers"),
      ("site.hook_in=blocks.3.hook_resid_pots", "closest valid names"),
-     ("sae.architecture=relu2", "registered: ['batchtopk', 'gated', 'jumprelu', 'matryoshka_batchtopk', 'relu', 'topk']"),
+     ("sae.architecture=relu2", f"registered: {sorted(REGISTRY)}"),
      ("sae=relu +sae.k=32", "sae.k is not an option of sae=relu"),
-     ("training.autocast=fp8", "training.autocast='fp8' is unknown")],
+     ("training.autocast=fp8", "Invalid value 'fp8', expected one of [bfloat16, float16]\n    full_key: training.autocast"),
+     ("sae=jumprelu sae.sparsity_loss=l2", "sae.sparsity_loss='l2' is not valid for sae=jumprelu: Invalid value 'l2', expected one of [step, quadratic, tanh]")],
 )
 def test_bad_cli_input_fails_with_a_clear_message(tmp_path, override, message):
     proc = _train(tmp_path, *override.split(), "logger=none")
@@ -114,7 +118,7 @@ def test_bad_cli_input_fails_with_a_clear_message(tmp_path, override, message):
     assert proc.returncode != 0 and message in out, out
 
 
-VARIANTS = ["relu", "batchtopk", "jumprelu", "gated", "matryoshka_batchtopk"]  # topk: trained_run above
+VARIANTS = sorted(set(REGISTRY) - {"topk"})  # every registered variant; topk: trained_run above
 SMALL = ["tokens=12288", "training.batch_size=256", "sae.d_sae=1024", "activations.buffer_tokens=8192",
          "training.eval_tokens=4096", "data.holdout_tokens=4096", "training.ce_tokens=256", "training.norm_estimate_tokens=4096",
          "logger=none"]
@@ -163,7 +167,8 @@ def test_every_variant_trains_from_the_cli_and_its_checkpoint_takes_raw_activati
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["train_tokens"] >= 12288
     sae = saes.load(run)
-    expected_type = "jumprelu" if "batchtopk" in variant else variant  # BatchTopK is saved as JumpReLU
+    expected_type = "jumprelu" if "batchtopk" in variant else variant  # BatchTopK variants are saved as JumpReLU
+    assert sae.architecture in REGISTRY
     assert sae.architecture == expected_type and sae.d_sae == 1024 and not sae.is_transcoder
     x = heldout_resid
     with torch.no_grad():

@@ -78,8 +78,14 @@ try {
     await page.waitForFunction((part) => location.hash.includes(part), hashPart)
     await page.waitForFunction(() => !document.querySelector('.stale, .status-loading'))
   }
+  const firstOfPage1 = observed.tableByDensity[0]
   await page.click('.pager button:has-text("Next")')
   await settled('page=1')
+  // the hash changes before the new rows render: wait until page 1's first row has gone
+  await page.waitForFunction((first) => {
+    const a = document.querySelector('[data-testid="feature-table"] tbody tr a')
+    return a && Number(a.textContent.replace('#', '')) !== first
+  }, firstOfPage1)
   observed.tableByDensityPage2 = await tableIndices()
   observed.pagerPage2 = await page.textContent('.pager span')
 

@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 
 from saes.store import connect
-from tests.analysis.conftest import make_sae, mongo_uri  # noqa: F401  (shared fixtures)
+from tests.analysis.conftest import make_sae  # noqa: F401  (shared fixture)
 from tests.server.conftest import DB_NAME, WRITE_TOKEN, analyzed  # noqa: F401
 
 from ..conftest import REPO
-from tests.conftest import ARTIFACTS
+from tests.ui.conftest import ARTIFACTS
+
+pytestmark = pytest.mark.slow  # runs the real model end to end (deselect with -m 'not slow')
 
 LIVE_TEXT = "def main():\n    print('Hello <b>world</b> & friends')\n    return 42"
 EXPLANATION = "Fires on <tokens> & spaces before code"

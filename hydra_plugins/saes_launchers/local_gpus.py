@@ -12,9 +12,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
@@ -30,12 +31,11 @@ class NoGPUError(RuntimeError):
 
 @dataclass
 class LocalGPULauncherConf:
-    _target_: str = "hydra_plugins.saes_launchers.LocalGPULauncher"
-    gpus: Optional[list[int]] = None
+    _target_: str = "hydra_plugins.saes_launchers.local_gpus.LocalGPULauncher"
+    gpus: Optional[list[int]] = None  # noqa: UP045 (OmegaConf 2.3 structured configs: no X | None)
     """GPU indices to use; None: every GPU torch sees."""
     module: str = "saes.train"
     """Entry point each job runs as ``python -m <module> <overrides>``."""
-
 
 
 def visible_gpus() -> list[int]:
@@ -45,10 +45,11 @@ def visible_gpus() -> list[int]:
     return list(range(torch.cuda.device_count()))
 
 
-class GPUQueueLauncher(Launcher):
-    """The launcher's logic; Hydra loads it as ``hydra_plugins.saes_launchers.LocalGPULauncher``."""
+class LocalGPULauncher(Launcher):
+    """One job per GPU at a time. Hydra instantiates it by the ``_target_`` above, which must name
+    the module that defines the class (Hydra keys plugins by ``__module__.__name__``)."""
 
-    def __init__(self, gpus: Optional[list[int]] = None, module: str = "saes.train") -> None:
+    def __init__(self, gpus: list[int] | None = None, module: str = "saes.train") -> None:
         self.gpus = list(gpus) if gpus is not None else None
         self.module = module
 

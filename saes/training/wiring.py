@@ -1,0 +1,161 @@
+"""Everything a training run needs before its first step: checks, the model and data, the
+activation stream, one trainer per SAE, and the resume state (or the data-driven initialisation).
+
+Bad settings fail here before anything is loaded, naming the key (``validate_config``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from saes.activations import ActivationStream, HookError, ModelForwards
+from saes.activations.model_stream import ModelActivationStream
+from saes.data import load_corpus
+from saes.errors import ConfigError
+from saes.evaluate.held_out import periodic_lm_evaluator
+from saes.evaluate.lm import LMEvaluator
+from saes.formatting import flatten
+from saes.layers import parse_layers
+from saes.models import load_model, resolve_device
+from saes.sae.registry import build
+from saes.training.checkpoint import load_state
+from saes.training.metadata import checkpoint_metadata
+from saes.training.metrics_log import MetricsLog
+from saes.training.plan import MemberSpec, plan_members
+from saes.training.trainer import SAETrainer
+
+
+@dataclass
+class Member:
+    """One SAE being trained, with its folder and log."""
+
+    spec: MemberSpec
+    dir: Path
+    trainer: SAETrainer
+    log: MetricsLog | None = None
+
+
+@dataclass
+class TrainingRun:
+    """A wired run: what the loop steps and what the finish evaluates."""
+
+    cfg: DictConfig
+    run_dir: Path
+    model: Any
+    """The ``TransformerBridge``."""
+    source: ModelForwards
+    stream: ActivationStream
+    members: list[Member]
+    heldout_NT: torch.Tensor
+    """Held-out token contexts ``[N, T]``."""
+    held: dict[str, torch.Tensor]
+    """Held-out activations ``{hook: [rows, D]}`` of every hook of the run."""
+    periodic_lm: LMEvaluator | None
+    eval_lock: threading.Lock
+    """Held while a periodic evaluation runs the model (the stream's background forwards hold it too)."""
+    resumed: bool
+    started_at: float
+    """``time.perf_counter()`` when training began (the first buffer fill counts as training)."""
+
+
+def validate_config(cfg: DictConfig) -> list[MemberSpec]:
+    """Fail before loading anything on settings that cannot work, naming the key; returns the plan."""
+    for layer in parse_layers(cfg.layer):
+        if not 0 <= layer < cfg.model.n_layers:
+            raise HookError(f"layer={cfg.layer} is out of range: {cfg.model.name} has {cfg.model.n_layers} layers (0-{cfg.model.n_layers - 1})")
+    members = plan_members(cfg)
+    for spec in members:
+        with torch.device("meta"):  # checks the variant's options without allocating weights
+            build(spec.sae_options, d_in=cfg.model.d_model)
+    for key in ("tokens", "training.batch_size", "activations.batch_contexts"):
+        if OmegaConf.select(cfg, key) <= 0:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be positive")
+    if cfg.activations.prefetch_tokens < 0:
+        raise ConfigError(f"activations.prefetch_tokens={cfg.activations.prefetch_tokens} must be >= 0 (0: no prefetching)")
+    return members
+
+
+def finished_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]] | None:
+    """Final metrics of every SAE if this run folder already finished, else None."""
+    found = {}
+    for spec in plan_members(cfg):
+        path = run_dir / spec.name / "metrics.json"
+        if not path.exists() or json.loads(path.read_text()).get("status") != "finished":
+            return None
+        found[spec.name] = json.loads(path.read_text())
+    return found
+
+
+def wire_run(cfg: DictConfig, run_dir: Path, specs: list[MemberSpec], group: str | None) -> TrainingRun:
+    """Load the model and data, build the stream and the trainers, and resume or initialise them."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = load_model(cfg.model.source, device=cfg.model.device, dtype=cfg.model.dtype)
+    corpus = load_corpus(cfg.data, model.tokenizer, cfg.model.bos_token)
+    excluded = corpus.special_ids() if cfg.data.exclude_special else None
+    hooks = list(dict.fromkeys(h for s in specs for h in (*s.hooks_in, *s.hooks_out)))
+    source = ModelForwards(model, hooks, excluded, device=device)
+
+    heldout = corpus.heldout_contexts(cfg.training.eval_tokens)
+    held = _concat(source.stream(iter(heldout), cfg.activations.batch_contexts))
+    stream = ModelActivationStream(corpus, source, cfg.activations.batch_contexts, min(cfg.activations.buffer_tokens, cfg.tokens),
+                                   cfg.training.batch_size, cfg.tokens, cfg.seed, _prefetch_forwards(cfg))
+    members = [Member(s, run_dir / s.name, _trainer(cfg, s, held, device)) for s in specs]
+    state = load_state(run_dir) if cfg.resume else None
+    started_at = time.perf_counter()  # throughput counts every training forward, buffer fill included
+    if state is not None:
+        stream.load_state_dict(state["stream"])
+        for m in members:
+            m.trainer.load_state_dict(state["members"][m.spec.name])
+        print(f"resuming {run_dir} at {members[0].trainer.tokens:,} tokens")
+    else:
+        sample = stream.sample(cfg.training.norm_estimate_tokens, cfg.seed)
+        for m in members:
+            m.trainer.initialize_from_data(sample, torch.Generator().manual_seed(cfg.seed))
+    for m in members:
+        m.log = MetricsLog(m.dir, cfg.logger, _wandb_name(cfg, m.spec), flatten(checkpoint_metadata(cfg, m.spec, m.trainer, "training")["config"]),
+                           group=group or f"{cfg.model.name}_{cfg.sae.architecture}/{run_dir.name}", tags=_tags(cfg, m.spec),
+                           wandb_id=(state or {}).get("wandb_ids", {}).get(m.spec.name),
+                           resume_step=m.trainer.step_count if state is not None else None)
+    periodic_lm = periodic_lm_evaluator(cfg, model, heldout, source.keep_mask)
+    return TrainingRun(cfg, run_dir, model, source, stream, members, heldout, held, periodic_lm, source.lock, state is not None,
+                       started_at)
+
+
+def _trainer(cfg: DictConfig, spec: MemberSpec, held: dict[str, torch.Tensor], device: str) -> SAETrainer:
+    """A trainer for ``spec`` with a freshly built dictionary of the hooks' widths."""
+    d_in = held[spec.hook_in].shape[1]
+    d_out = held[spec.hook_out].shape[1] if spec.hooks_out != spec.hooks_in else None  # a transcoder
+    sae = build(spec.sae_options, d_in, d_out).to(device)
+    return SAETrainer(sae, cfg.optimizer, cfg.training, cfg.tokens, spec.hooks_in, spec.hooks_out)
+
+
+def _prefetch_forwards(cfg: DictConfig) -> int:
+    """``activations.prefetch_tokens`` as whole forwards of ``batch_contexts`` contexts."""
+    per_forward = cfg.activations.batch_contexts * cfg.data.context_size
+    return -(-cfg.activations.prefetch_tokens // per_forward)
+
+
+def _wandb_name(cfg: DictConfig, spec: MemberSpec) -> str:
+    extra = "".join(f"_{k}{v}" for k, v in spec.sae_options.items() if isinstance(OmegaConf.select(cfg, f"sae.{k}"), list))
+    return f"{cfg.model.name}/{spec.hook_in}/{spec.sae_options['architecture']}{extra}"
+
+
+def _tags(cfg: DictConfig, spec: MemberSpec) -> list[str]:
+    return [cfg.model.name, spec.hook_in, spec.sae_options["architecture"], f"layer{spec.layer}"]
+
+
+def _concat(batches) -> dict[str, torch.Tensor]:
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in batches:
+        for name, tensor in batch.items():
+            parts.setdefault(name, []).append(tensor)
+    return {name: torch.cat(tensors) for name, tensors in parts.items()}
