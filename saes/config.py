@@ -164,17 +164,32 @@ class LoggerConfig:
     """Log training metrics every this many SAE steps."""
 
 
+class ActivationSourceKind(StrEnum):
+    """Where training activations come from."""
+
+    model = "model"
+    cache = "cache"
+
+
 @dataclass
 class ActivationsConfig:
-    """How activations are produced and mixed."""
+    """Where training activations come from and how they are mixed (``activations=model|cache``)."""
 
+    source: ActivationSourceKind = ActivationSourceKind.model
+    """``model``: forwards of the model as training goes; ``cache``: rows written once by
+    ``python -m saes.cache`` into ``path``."""
+    path: Optional[str] = None
+    """The cache folder (``activations=cache``)."""
+    epochs: int = 1
+    """With a cache: passes over it (each in a new shuffled order) that ``tokens`` may take; a
+    budget over ``epochs`` x the cache's rows is an error."""
     batch_contexts: int = 32
-    """Contexts per model forward."""
+    """Contexts per model forward (training forwards, and the held-out set's)."""
     buffer_tokens: int = 131_072
     """Shuffle-buffer capacity in activation rows (tokens); refilled when half empty."""
     prefetch_tokens: int = 65_536
-    """Activation rows made ahead by model forwards in a background thread while the SAEs step
-    (rounded up to whole forwards; 0: forwards and steps take turns). Same batches either way.
+    """Activation rows made ahead (model forwards, or cache shards read) in a background thread
+    while the SAEs step (rounded up to whole forwards or shards; 0: producing and steps take turns). Same batches either way.
     Memory: this many rows x d_in floats per hook, on top of the buffer. Half the buffer lets
     the forwards of the next refill run while the current half is trained on (measured gains:
     docs/performance.md)."""
@@ -247,6 +262,40 @@ class TrainConfig:
     """Model dtype: ``float32``, ``bfloat16`` or ``float16``."""
 
 
+@dataclass
+class CacheSettings:
+    """Where and how ``python -m saes.cache`` stores rows."""
+
+    path: str = MISSING
+    """The cache folder (default: ``outputs/cache/<model>/<overrides>``)."""
+    dtype: DType = DType.float32
+    """Storage dtype of the rows (``bfloat16``/``float16`` halve the disk; training reads float32)."""
+    shard_tokens: int = 32_768
+    """Rows per shard file (rounded down to whole contexts). A run's shuffle buffer should hold
+    several shards (``activations.buffer_tokens``), so batches mix rows of many shards."""
+    batch_contexts: int = 32
+    """Contexts per model forward."""
+
+
+@dataclass
+class CacheConfig:
+    """``python -m saes.cache``: one model pass writes the activations of every hook of ``site`` at
+    ``layer`` into a cache folder that training runs read (``activations=cache``)."""
+
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    site: SiteConfig = MISSING
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    layer: Any = 3
+    """Block(s) the site hooks: ``3``, ``0-7``, ``0,4,8`` (all written by one pass)."""
+    tokens: int = 1_000_000
+    """Rows to write per hook (training tokens the cache can serve per pass)."""
+    device: str = "auto"
+    """Where the model runs: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
+    dtype: DType = DType.float32
+    """Model dtype (a run training from the cache must use the same)."""
+
+
 def run_name(override_dirname: str) -> str:
     """Folder name of a run from its overrides: ``default`` when none, else the overrides made
     filesystem-safe (long ones shortened with a hash so names stay unique)."""
@@ -261,6 +310,7 @@ def run_name(override_dirname: str) -> str:
 def register_configs() -> None:
     """Register the top-level schema (``conf/train.yaml`` lists it first) and resolvers."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="cache_schema", node=CacheConfig)
     if not OmegaConf.has_resolver("saes_run_name"):
         OmegaConf.register_new_resolver("saes_run_name", run_name)
 

@@ -89,3 +89,15 @@ def expand_layer_args(argv: list[str]) -> list[str]:
     # argparse cannot split positional overrides around a flag: put -m/--multirun first
     flags = [a for a in out if a in ("-m", "--multirun")]
     return flags + [a for a in out if a not in ("-m", "--multirun")]
+
+
+def site_hooks(site: Any, layer_spec: Any) -> list[str]:
+    """Every hook a site reads or writes at the layers of ``layer_spec``: each ``site.hook_in``
+    template (one or a list) and ``site.hook_out`` with ``{layer}`` filled, in order, unique."""
+    templates = list(site.hook_in) if isinstance(site.hook_in, (list, tuple)) or type(site.hook_in).__name__ == "ListConfig" \
+        else [site.hook_in]
+    hooks = []
+    for layer in parse_layers(layer_spec):
+        for template in templates:
+            hooks += [str(template).format(layer=layer), str(site.hook_out or template).format(layer=layer)]
+    return list(dict.fromkeys(hooks))

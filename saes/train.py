@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from saes.layers import expand_layer_args
+from saes.cli import prepare_argv
 from saes.config import register_configs
 from saes.errors import ConfigError
 from saes.formatting import format_number
@@ -55,7 +55,7 @@ def format_summary(results: dict[str, dict], run_dir: Path) -> str:
 
 def cli() -> None:
     """Entry point: expands ``layer=`` ranges for ``-m`` before Hydra parses the command line."""
-    sys.argv = [sys.argv[0], *expand_layer_args(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *prepare_argv(sys.argv[1:])]
     main()
 
 

@@ -17,8 +17,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from saes.activations import ActivationStream, HookError, ModelForwards
+from saes.activations.cache.manifest import Manifest, check_compatible, read_manifest
+from saes.activations.cache.reader import CacheStream
 from saes.activations.model_stream import ModelActivationStream
-from saes.data import load_corpus
+from saes.config import ActivationSourceKind
+from saes.data import Corpus, load_corpus
 from saes.errors import ConfigError
 from saes.evaluate.held_out import periodic_lm_evaluator
 from saes.evaluate.lm import LMEvaluator
@@ -80,7 +83,30 @@ def validate_config(cfg: DictConfig) -> list[MemberSpec]:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be positive")
     if cfg.activations.prefetch_tokens < 0:
         raise ConfigError(f"activations.prefetch_tokens={cfg.activations.prefetch_tokens} must be >= 0 (0: no prefetching)")
+    if cfg.activations.source == ActivationSourceKind.cache:
+        _check_cache(cfg, members)
+    elif cfg.activations.path is not None:
+        raise ConfigError(f"activations.path={cfg.activations.path} is set but activations.source=model: "
+                          "train from it with activations=cache")
     return members
+
+
+def _check_cache(cfg: DictConfig, members: list[MemberSpec]) -> Manifest:
+    """The cache's manifest, once it is known to hold what the run needs (fails naming what differs)."""
+    if not cfg.activations.path:
+        raise ConfigError("activations=cache needs activations.path=<cache folder> (written by python -m saes.cache)")
+    if cfg.activations.epochs < 1:
+        raise ConfigError(f"activations.epochs={cfg.activations.epochs} must be >= 1")
+    folder = Path(cfg.activations.path).expanduser()
+    manifest = read_manifest(folder)
+    hooks = dict.fromkeys(h for s in members for h in (*s.hooks_in, *s.hooks_out))
+    model = {"source": cfg.model.source, "dtype": str(cfg.model.dtype)}
+    check_compatible(folder, manifest, model, OmegaConf.to_container(cfg.data, resolve=True), hooks)
+    if cfg.tokens > manifest.rows * cfg.activations.epochs:
+        raise ConfigError(f"tokens={cfg.tokens:,} is more than the cache {folder} holds ({manifest.rows:,} rows) times "
+                          f"activations.epochs={cfg.activations.epochs}: lower tokens, raise activations.epochs "
+                          "(each pass reshuffled) or write a larger cache")
+    return manifest
 
 
 def finished_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]] | None:
@@ -106,8 +132,7 @@ def wire_run(cfg: DictConfig, run_dir: Path, specs: list[MemberSpec], group: str
 
     heldout = corpus.heldout_contexts(cfg.training.eval_tokens)
     held = _concat(source.stream(iter(heldout), cfg.activations.batch_contexts))
-    stream = ModelActivationStream(corpus, source, cfg.activations.batch_contexts, min(cfg.activations.buffer_tokens, cfg.tokens),
-                                   cfg.training.batch_size, cfg.tokens, cfg.seed, _prefetch_forwards(cfg))
+    stream = _stream(cfg, specs, corpus, source)
     members = [Member(s, run_dir / s.name, _trainer(cfg, s, held, device)) for s in specs]
     state = load_state(run_dir) if cfg.resume else None
     started_at = time.perf_counter()  # throughput counts every training forward, buffer fill included
@@ -128,6 +153,20 @@ def wire_run(cfg: DictConfig, run_dir: Path, specs: list[MemberSpec], group: str
     periodic_lm = periodic_lm_evaluator(cfg, model, heldout, source.keep_mask)
     return TrainingRun(cfg, run_dir, model, source, stream, members, heldout, held, periodic_lm, source.lock, state is not None,
                        started_at)
+
+
+def _stream(cfg: DictConfig, specs: list[MemberSpec], corpus: Corpus, source: ModelForwards) -> ActivationStream:
+    """Training rows from the cache (``activations=cache``) or from model forwards."""
+    buffer_rows = min(cfg.activations.buffer_tokens, cfg.tokens)
+    if cfg.activations.source == ActivationSourceKind.cache:
+        manifest = _check_cache(cfg, specs)
+        shard_rows = max(1, manifest.rows // max(1, len(manifest.shards)))
+        prefetch = -(-cfg.activations.prefetch_tokens // shard_rows)
+        hooks = list(dict.fromkeys(h for s in specs for h in (*s.hooks_in, *s.hooks_out)))
+        return CacheStream(cfg.activations.path, manifest, hooks, buffer_rows, cfg.training.batch_size, cfg.tokens, cfg.seed,
+                           cfg.activations.epochs, prefetch)
+    return ModelActivationStream(corpus, source, cfg.activations.batch_contexts, buffer_rows, cfg.training.batch_size,
+                                 cfg.tokens, cfg.seed, _prefetch_forwards(cfg))
 
 
 def _trainer(cfg: DictConfig, spec: MemberSpec, held: dict[str, torch.Tensor], device: str) -> SAETrainer:

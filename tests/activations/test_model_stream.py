@@ -82,7 +82,7 @@ def test_prefetched_stream_gives_the_same_batches_and_resumes_exactly(parts):
     state = ahead.state_dict()
     reference = _stream(parts, prefetch=0)  # the state counts only forwards the buffer took
     _drain(reference, 7)
-    assert (state["contexts_used"], state["rows_made"]) == (reference.contexts_used, reference.rows_made)
+    assert (state["position"]["contexts_used"], state["rows_made"]) == (reference.contexts_used, reference.rows_made)
     reference.close()
     rest_here = _drain(ahead)
     ahead.close()
