@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from saes.analysis.config import register_analyze_configs
 from saes.errors import ConfigError
+from saes.cli import prepare_argv
 from saes.resolve import sae_argv
 
 register_analyze_configs()
@@ -51,7 +52,7 @@ def format_summary(s: dict) -> str:
 
 def cli() -> None:
     """Entry point: ``sae=`` becomes ``sae_path=`` before Hydra parses the command line."""
-    sys.argv = [sys.argv[0], *sae_argv(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *prepare_argv(sae_argv(sys.argv[1:]))]
     main()
 
 

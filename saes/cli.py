@@ -1,6 +1,8 @@
 """The command line as users type it, made ready for Hydra: layer ranges expanded
-(``saes.layers.expand_layer_args``) and integers in scientific notation (``tokens=2e6``) written
-out, since Hydra reads ``2e6`` as a float and the typed configs want an int."""
+(``saes.layers.expand_layer_args``), integers in scientific notation (``tokens=2e6``) written out
+(Hydra reads ``2e6`` as a float and the typed configs want an int), and values holding ``=``
+quoted (run folders are named by their overrides, e.g. ``.../layer=5,tokens=1000000``, which
+Hydra's grammar cannot read unquoted)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,14 @@ def integral_scientific(arg: str) -> str:
     return arg
 
 
+def quote_equals(arg: str) -> str:
+    """``sae=runs/layer=5`` -> ``sae='runs/layer=5'``; quoted values and flags unchanged."""
+    key, sep, value = arg.partition("=")
+    if not sep or "=" not in value or value[:1] in ("'", '"') or key.startswith("-"):
+        return arg
+    return f"{key}='{value}'"
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
     """``argv`` rewritten as described in the module docstring."""
-    return expand_layer_args([integral_scientific(a) for a in argv])
+    return expand_layer_args([quote_equals(integral_scientific(a)) for a in argv])

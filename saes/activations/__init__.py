@@ -2,8 +2,10 @@
 ``ActivationStream`` interface the training loop reads from (``model_stream`` is one source).
 
 Modules: ``hooks`` (hook names, layers, widths), ``forward`` (``ModelForwards``), ``buffer``
-(``ShuffleBuffer``), ``prefetch`` (forwards run ahead in a thread), ``stream`` (the interface),
-``model_stream`` (corpus -> forwards -> buffer -> batches).
+(``ShuffleBuffer``), ``prefetch`` (producers run ahead in a thread), ``stream`` (the interface),
+``shuffled`` (the base of buffered streams: prefetching, exact resume), ``model_stream`` (corpus ->
+forwards -> buffer -> batches) and ``cache/`` (rows written once to disk, read back by
+``CacheStream``).
 """
 
 from saes.activations.buffer import ShuffleBuffer

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from saes.errors import ConfigError
 from saes.evaluate.config import register_evaluate_configs
+from saes.cli import prepare_argv
 from saes.resolve import sae_argv
 
 register_evaluate_configs()
@@ -40,7 +41,7 @@ def main(cfg: DictConfig) -> dict:
 
 def cli() -> None:
     """Entry point: ``sae=`` becomes ``sae_path=`` before Hydra parses the command line."""
-    sys.argv = [sys.argv[0], *sae_argv(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *prepare_argv(sae_argv(sys.argv[1:]))]
     main()
 
 

@@ -1,7 +1,7 @@
 """The training loop: step every SAE on every batch of an ``ActivationStream`` until the token
 budget, on a cadence (log every ``logger.log_every`` steps, evaluate every ``training.eval_every``
 tokens, checkpoint every ``training.checkpoint_every``, save every ``training.save_every``), and
-stop cleanly on Ctrl-C or a stop signal with a resumable checkpoint.
+stop cleanly on Ctrl-C or a stop signal with a resumable checkpoint (after the step in progress).
 
 Stop signals: SIGTERM, SIGUSR1 (sbatch ``--signal``) and SIGUSR2 (submitit's pre-timeout). After
 the checkpoint, the previous handler of the signal runs (e.g. submitit's: requeue the job).
@@ -32,7 +32,9 @@ def train_loop(run: TrainingRun) -> str:
     def on_signal(signum: int, frame: Any) -> None:
         stop["signal"] = signum
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    # Ctrl-C too sets a flag: the step (and any checkpoint write) in progress always finishes, so
+    # no batch is handed out without being trained on and no file is left half-written.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (*STOP_SIGNALS, signal.SIGINT)}
     lead = members[0].trainer
     next_eval = _next_multiple(lead.tokens, cfg.training.eval_every)
     next_ckpt = _next_multiple(lead.tokens, cfg.training.checkpoint_every)
@@ -71,12 +73,13 @@ def train_loop(run: TrainingRun) -> str:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if "signal" in stop:
-        status = "preempted"
+        status = "interrupted" if stop["signal"] == signal.SIGINT else "preempted"
     if status != "finished":
         print(f"\n{status}: saving a resumable checkpoint at {lead.tokens:,} tokens in {run.run_dir}")
         save_checkpoint(run, status)
-        if "signal" in stop and callable(previous.get(stop["signal"])):
-            previous[stop["signal"]](stop["signal"], None)  # e.g. submitit's handler: requeue the job
+        handler = previous.get(stop.get("signal"))
+        if status == "preempted" and callable(handler):
+            handler(stop["signal"], None)  # e.g. submitit's handler: requeue the job
     return status
 
 

@@ -91,15 +91,16 @@ def validate_config(cfg: DictConfig) -> list[MemberSpec]:
     return members
 
 
-def _check_cache(cfg: DictConfig, members: list[MemberSpec]) -> Manifest:
-    """The cache's manifest, once it is known to hold what the run needs (fails naming what differs)."""
+def _check_cache(cfg: DictConfig, members: list[MemberSpec], widths: dict[str, int] | None = None) -> Manifest:
+    """The cache's manifest, once it is known to hold what the run needs (fails naming what
+    differs); ``widths``: the model's hook widths, once it is loaded."""
     if not cfg.activations.path:
         raise ConfigError("activations=cache needs activations.path=<cache folder> (written by python -m saes.cache)")
     if cfg.activations.epochs < 1:
         raise ConfigError(f"activations.epochs={cfg.activations.epochs} must be >= 1")
     folder = Path(cfg.activations.path).expanduser()
     manifest = read_manifest(folder)
-    hooks = dict.fromkeys(h for s in members for h in (*s.hooks_in, *s.hooks_out))
+    hooks = {h: (widths or {}).get(h) for s in members for h in (*s.hooks_in, *s.hooks_out)}
     model = {"source": cfg.model.source, "dtype": str(cfg.model.dtype)}
     check_compatible(folder, manifest, model, OmegaConf.to_container(cfg.data, resolve=True), hooks)
     if cfg.tokens > manifest.rows * cfg.activations.epochs:
@@ -132,7 +133,7 @@ def wire_run(cfg: DictConfig, run_dir: Path, specs: list[MemberSpec], group: str
 
     heldout = corpus.heldout_contexts(cfg.training.eval_tokens)
     held = _concat(source.stream(iter(heldout), cfg.activations.batch_contexts))
-    stream = _stream(cfg, specs, corpus, source)
+    stream = _stream(cfg, specs, corpus, source, {hook: rows.shape[1] for hook, rows in held.items()})
     members = [Member(s, run_dir / s.name, _trainer(cfg, s, held, device)) for s in specs]
     state = load_state(run_dir) if cfg.resume else None
     started_at = time.perf_counter()  # throughput counts every training forward, buffer fill included
@@ -155,11 +156,13 @@ def wire_run(cfg: DictConfig, run_dir: Path, specs: list[MemberSpec], group: str
                        started_at)
 
 
-def _stream(cfg: DictConfig, specs: list[MemberSpec], corpus: Corpus, source: ModelForwards) -> ActivationStream:
-    """Training rows from the cache (``activations=cache``) or from model forwards."""
+def _stream(cfg: DictConfig, specs: list[MemberSpec], corpus: Corpus, source: ModelForwards,
+            widths: dict[str, int]) -> ActivationStream:
+    """Training rows from the cache (``activations=cache``; checked against the model's hook
+    ``widths``) or from model forwards."""
     buffer_rows = min(cfg.activations.buffer_tokens, cfg.tokens)
     if cfg.activations.source == ActivationSourceKind.cache:
-        manifest = _check_cache(cfg, specs)
+        manifest = _check_cache(cfg, specs, widths)
         shard_rows = max(1, manifest.rows // max(1, len(manifest.shards)))
         prefetch = -(-cfg.activations.prefetch_tokens // shard_rows)
         hooks = list(dict.fromkeys(h for s in specs for h in (*s.hooks_in, *s.hooks_out)))

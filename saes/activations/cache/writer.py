@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import saes
 from saes.activations.cache.manifest import (
-    SHARD_FILE, STORAGE_DTYPES, TOKENS_FILE, WHERE_FILE, CacheError, CachePlan, Manifest, ShardInfo, read_plan,
+    SHARD_FILE, SHARDS_DIR, STORAGE_DTYPES, TOKENS_FILE, WHERE_FILE, CacheError, CachePlan, Manifest, ShardInfo, read_plan,
     read_shard_info, shard_dir, tokens_sha256, write_manifest, write_plan,
 )
 from saes.activations.forward import ModelForwards
@@ -44,6 +44,9 @@ def write_cache(cfg: DictConfig, folder: Path, progress: bool = True) -> Manifes
     if cfg.tokens <= 0 or cfg.cache.shard_tokens <= 0 or cfg.cache.batch_contexts <= 0:
         raise ConfigError("tokens, cache.shard_tokens and cache.batch_contexts must be positive")
     hooks = site_hooks(cfg.site, cfg.layer)
+    folder.mkdir(parents=True, exist_ok=True)
+    if read_plan(folder) is None and any(folder.iterdir()):  # before the model loads
+        raise CacheError(f"cache.path={folder} is not empty and holds no cache plan; choose an empty folder")
     model = load_model(cfg.model.source, device=cfg.model.device, dtype=cfg.model.dtype)
     corpus = load_corpus(cfg.data, model.tokenizer, cfg.model.bos_token)
     excluded = corpus.special_ids() if cfg.data.exclude_special else None
@@ -54,8 +57,8 @@ def write_cache(cfg: DictConfig, folder: Path, progress: bool = True) -> Manifes
         data=OmegaConf.to_container(cfg.data, resolve=True), hooks=widths, dtype=str(cfg.cache.dtype),
         rows=int(cfg.tokens), shard_contexts=max(1, cfg.cache.shard_tokens // cfg.data.context_size),
     )
-    folder.mkdir(parents=True, exist_ok=True)
     _check_plan(folder, plan)
+    _remove_partial_shards(folder)
     done = _completed_shards(folder)
     written = sum(s.rows for s in done)
     _check_disk(folder, plan, plan.rows - written)
@@ -83,15 +86,20 @@ def write_cache(cfg: DictConfig, folder: Path, progress: bool = True) -> Manifes
 def _check_plan(folder: Path, plan: CachePlan) -> None:
     """A folder holding another cache (or another plan) fails naming the first differing key."""
     old = read_plan(folder)
-    if old is None:
-        if any(folder.iterdir()):
-            raise CacheError(f"cache.path={folder} is not empty and holds no cache plan; choose an empty folder")
+    if old is None:  # an empty folder (checked before the model loaded)
         return
     mine, theirs = plan.to_json(), old.to_json()
     for key in mine:
         if mine[key] != theirs.get(key):
             raise CacheError(f"cache.path={folder} holds a cache with {key}={theirs.get(key)!r}; this command asks for "
                              f"{key}={mine[key]!r}: re-run the original command to finish it, or choose another cache.path")
+
+
+def _remove_partial_shards(folder: Path) -> None:
+    """Drop what a killed write left: temporary shard folders (``shards/.<i>-*``, ``.<i>.old``)."""
+    shards = folder / SHARDS_DIR
+    for leftover in shards.glob(".*") if shards.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _completed_shards(folder: Path) -> list[ShardInfo]:
