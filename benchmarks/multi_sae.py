@@ -40,8 +40,8 @@ def main() -> None:
         work = Path(tmp)
         single = {layer: train_seconds(str(layer), args.tokens, work) for layer in range(max(counts))}
         print(f"tokens per SAE: {args.tokens:,}; SmolLM2-135M resid_post, TopK k=32, 4,608 latents, CPU threads: default\n")
-        print(f"| SAEs | one process: s | one process: SAE tok/s | separate runs: s | separate: SAE tok/s | speed-up |")
-        print(f"|---|---|---|---|---|---|")
+        print("| SAEs | one process: s | one process: SAE tok/s | separate runs: s | separate: SAE tok/s | speed-up |")
+        print("|---|---|---|---|---|---|")
         for n in counts:
             shared = train_seconds(f"0-{n - 1}" if n > 1 else "0", args.tokens, work)
             separate = sum(single[layer] for layer in range(n))

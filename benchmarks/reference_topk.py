@@ -13,7 +13,7 @@ trainer's unit-norm decoder handling (``SAETrainer.step``):
     loss = fvu + aux_coef * auxk
     step: grad(W_dec) -= <grad, w> w per row; clip grad norm; Adam; rows of W_dec renormalised.
 
-No import from ``saes``: an independent implementation (tests/test_fast_paths.py compares them).
+No import from ``saes``: an independent implementation (tests/sae/test_fast_paths.py compares them).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ One table, one run. Rows:
 - ours: ``SAETrainer.step`` (training_forward, backward, decoder-grad projection, clipping, Adam,
   renormalisation) of the registered ``topk`` SAE;
 - dense reference: the same math with dense autograd (benchmarks/reference_topk.py, which
-  tests/test_fast_paths.py checks against ours), same optimizer settings;
+  tests/sae/test_fast_paths.py checks against ours), same optimizer settings;
 - floor: the step's matmul FLOPs at this machine's matmul rate, measured in this run on the encoder
   shape ``[B, d] @ [d, m]`` in the compute dtype. FLOPs per token: 2*d*m (encoder) + 8*d*k (the
   k-sparse encoder weight gradient, decoder forward, decoder weight gradient and the gradient of

@@ -16,7 +16,7 @@ Each product picks its kernel by density: a selection filling at least ``DENSE_F
 ``[rows, latents]`` block (e.g. AuxK over the dead latents) runs as a dense matmul of that
 block; sparser ones run ``embedding_bag`` and, on CPU, CSR ``torch.sparse.mm`` and
 ``sampled_addmm`` (COO ``torch.sparse.mm`` and chunked row gathers elsewhere). All give the same
-values up to float rounding (tests/test_fast_paths.py pins each to a dense reference).
+values up to float rounding (tests/sae/test_fast_paths.py pins each to a dense reference).
 Under autocast the encoder matmul and top-k run in the autocast dtype; values are returned in the
 input's dtype and gradients are computed in float32 (the weights' dtype).
 """
