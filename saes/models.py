@@ -35,10 +35,24 @@ class ModelLoadError(ConfigError):
     """The model could not be found or loaded; the message says what to do."""
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is returned unchanged."""
+def resolve_device(device: str, key: str = "device") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a device this machine cannot use
+    (``cuda`` without a CUDA build or a visible GPU, ``cuda:N`` beyond the visible ones, ``mps``
+    off Apple silicon) raises ``ConfigError`` naming ``key`` and the fix, before anything loads."""
+    device = str(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"{key}={device}: {why} (torch {torch.__version__}); use {key}=cpu "
+                              "(or install the CUDA build of torch on a machine with a GPU)")
+        if index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+            raise ConfigError(f"{key}={device}: {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                              f"(cuda:0-{torch.cuda.device_count() - 1}); pick one of them or {key}=cuda")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}={device}: MPS (Apple silicon) is not available here; use {key}=cpu")
     return device
 
 

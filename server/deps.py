@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections import OrderedDict
 from threading import Lock
 
@@ -63,5 +64,5 @@ def require_write_token(request: Request, x_write_token: str | None = Header(Non
     expected = request.app.state.settings.write_token
     if expected is None:
         raise HTTPException(403, "this server is read-only (no SAES_WRITE_TOKEN configured)")
-    if x_write_token != expected:
+    if x_write_token is None or not hmac.compare_digest(x_write_token.encode(), expected.encode()):
         raise HTTPException(401, "missing or wrong X-Write-Token header")

@@ -6,6 +6,7 @@ tokens. Positions holding special tokens get activation 0 (they are excluded fro
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +43,16 @@ class LiveSAE:
         self.bos_id = bos_token_id(self.tokenizer, target.model.get("bos_token"))
         self.excluded = torch.tensor(sorted(set(self.tokenizer.all_special_ids) | {self.bos_id}))
         self.stop = stop_at_layer([self.hook], self.model.cfg.n_layers)
+        self.lock = threading.Lock()
+        """One forward at a time: the server calls from its thread pool, and hooks added by one
+        thread's ``run_with_cache`` would capture another thread's activations."""
 
     @torch.inference_mode()
     def activations(self, text: str) -> TextActivations:
         ids = [self.bos_id] + self.tokenizer(text, add_special_tokens=False).input_ids
         tokens_1T = torch.tensor([ids], device=self.sae.W_dec_FO.device)
-        _, cache = self.model.run_with_cache(tokens_1T, names_filter=[self.hook], stop_at_layer=self.stop)
+        with self.lock:
+            _, cache = self.model.run_with_cache(tokens_1T, names_filter=[self.hook], stop_at_layer=self.stop)
         acts_TF = self.sae.encode(cache[self.hook][0].float())
         acts_TF[torch.isin(tokens_1T[0], self.excluded.to(tokens_1T.device))] = 0
         return TextActivations([self.tokenizer.decode([i]) for i in ids], acts_TF.cpu())

@@ -27,3 +27,24 @@ def test_local_checkpoint_folder_loads_the_same_model(smollm):
     with torch.no_grad():
         next_token = smollm(tokens, return_type="logits")[0, -1].argmax().item()
     assert smollm.tokenizer.decode([next_token]).strip() == "Paris"
+
+
+def test_an_unusable_device_fails_by_key_before_anything_loads():
+    import torch
+
+    from saes.errors import ConfigError
+    from saes.models import resolve_device
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device=cuda: .*use device=cpu"):
+            resolve_device("cuda")
+        with pytest.raises(ConfigError, match=r"model.device=cuda:0: .*use model.device=cpu"):
+            resolve_device("cuda:0", "model.device")
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(ConfigError, match=rf"device=cuda:{n}: {n} CUDA GPU"):
+            resolve_device(f"cuda:{n}")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ConfigError, match="device=mps: MPS"):
+            resolve_device("mps")
+    assert resolve_device("cpu") == "cpu"

@@ -78,6 +78,8 @@ def validate_config(cfg: DictConfig) -> list[MemberSpec]:
     for spec in members:
         with torch.device("meta"):  # checks the variant's options without allocating weights
             build(spec.sae_options, d_in=cfg.model.d_model)
+    resolve_device(cfg.device)  # an unusable device fails here, before the model loads
+    resolve_device(cfg.model.device, "model.device")
     for key in ("tokens", "training.batch_size", "activations.batch_contexts"):
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be positive")

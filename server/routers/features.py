@@ -38,6 +38,14 @@ def _require_dictionary(db: Database, dictionary_id: str, cache: Dictionaries | 
     return doc
 
 
+def _require_index(dictionary: dict[str, Any], index: int) -> None:
+    """404 for an index outside ``[0, d_sae)`` (before it reaches the database: MongoDB integers
+    are 64-bit, and a larger index would fail there as a 500)."""
+    d_sae = (dictionary.get("config") or {}).get("d_sae")
+    if not 0 <= index < (int(d_sae) if d_sae else 2**63):
+        raise HTTPException(404, f"dictionary {dictionary.get('_id')!r} has no feature {index}")
+
+
 def _explanation_text(db: Database, dictionary_id: str, index: int) -> str | None:
     """The stored explanation's text; None for none, and for a negative index (never stored)."""
     return get_explanation_text(db, dictionary_id, index) if index >= 0 else None
@@ -90,7 +98,9 @@ async def get_feature(dictionary_id: str, index: int, db: Database = Depends(get
                 dictionaries: Dictionaries = Depends(get_dictionaries)) -> Response:
     """One feature: statistics, histogram, examples (top, quantile bands, random), logit effects,
     nearest features and explanation."""
-    page = pages.get(db, _require_dictionary(db, dictionary_id, dictionaries), index)
+    dictionary = _require_dictionary(db, dictionary_id, dictionaries)
+    _require_index(dictionary, index)
+    page = pages.get(db, dictionary, index)
     if page is None:
         raise HTTPException(404, f"dictionary {dictionary_id!r} has no feature {index}")
     return Response(with_explanation(page, _explanation_text(db, dictionary_id, index)), media_type="application/json")
@@ -122,11 +132,13 @@ class Explanation(BaseModel):
 
 @router.get("/dictionaries/{dictionary_id}/features/{index}/explanation")
 def read_explanation(dictionary_id: str, index: int, db: Database = Depends(get_db)) -> dict[str, Any]:
+    _require_index(_require_dictionary(db, dictionary_id), index)
     return {"index": index, "text": _explanation_text(db, dictionary_id, index)}
 
 
 @router.put("/dictionaries/{dictionary_id}/features/{index}/explanation", dependencies=[Depends(require_write_token)])
 def write_explanation(dictionary_id: str, index: int, body: Explanation, db: Database = Depends(get_db)) -> dict[str, Any]:
+    _require_index(_require_dictionary(db, dictionary_id), index)
     if query.get_feature(db, dictionary_id, index) is None:
         raise HTTPException(404, f"dictionary {dictionary_id!r} has no feature {index}")
     put_explanation(db, dictionary_id, index, body.text, source="human")

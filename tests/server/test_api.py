@@ -127,6 +127,17 @@ def test_explanations_need_the_write_token(client, read_only_client, analyzed):
     assert missing.status_code == 404
 
 
+@pytest.mark.parametrize("index", [D_SAE, -1, 2**63, 399097827171669347663872])
+def test_an_index_outside_the_dictionary_is_404_on_every_route(client, analyzed, index):
+    base = f"/api/dictionaries/{analyzed.id}/features/{index}"
+    token = {"X-Write-Token": WRITE_TOKEN}
+    assert client.get(base).status_code == 404
+    assert client.get(f"{base}/explanation").status_code == 404
+    assert client.put(f"{base}/explanation", json={"text": "x"}, headers=token).status_code == 404
+    assert client.post(f"{base}/activations", json={"text": "hi"}).status_code == 404
+    assert client.get(f"/api/dictionaries/{analyzed.id}/features/1e3").status_code == 422  # malformed
+
+
 def test_live_inference_agrees_with_the_analysis(client, analyzed, store, smollm):
     """The top example's window, re-encoded live, activates the feature at its firing token like
     the analysis recorded (the window is shorter than the context, so the value is recomputed here

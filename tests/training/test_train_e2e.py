@@ -205,3 +205,12 @@ def test_transcoder_with_intermediate_checkpoints(tmp_path, smollm, heldout_text
     assert min(evs.values()) > 0 and evs["sae"] == evs["12288"] > evs["6144"], evs
     final = json.loads((tmp_path / "metrics.json").read_text())
     assert final["explained_variance"] == pytest.approx(evs["sae"], abs=0.05)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA (CI has none)")
+def test_device_cuda_without_cuda_fails_by_key_before_the_model_loads(tmp_path):
+    proc = _train(tmp_path, "device=cuda", "logger=none")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert "saes.train: error: device=cuda: this torch build has no CUDA" in out and "use device=cpu" in out
+    assert "Traceback" not in out and not (tmp_path / "metrics.jsonl").exists()

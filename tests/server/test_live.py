@@ -1,0 +1,23 @@
+"""Live inference under concurrency: the server calls ``LiveSAE.activations`` from its thread
+pool, so concurrent texts must each get their own activations."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from server.live import LiveSAE
+
+TEXTS = [f"text number {i}: " + " ".join(["alpha", "beta", "gamma", "delta"][i % 4] for _ in range(5 + i)) for i in range(8)]
+
+
+def test_concurrent_texts_each_get_their_own_activations(analyzed):
+    live = LiveSAE(analyzed.run)
+    expected = {text: live.activations(text) for text in TEXTS}  # one at a time: the reference
+    jobs = [TEXTS[i % len(TEXTS)] for i in range(100)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(live.activations, jobs))
+    for text, got in zip(jobs, results):
+        assert got.tokens == expected[text].tokens
+        assert torch.equal(got.acts_TF, expected[text].acts_TF), text
