@@ -46,11 +46,6 @@ def _require_index(dictionary: dict[str, Any], index: int) -> None:
         raise HTTPException(404, f"dictionary {dictionary.get('_id')!r} has no feature {index}")
 
 
-def _explanation_text(db: Database, dictionary_id: str, index: int) -> str | None:
-    """The stored explanation's text; None for none, and for a negative index (never stored)."""
-    return get_explanation_text(db, dictionary_id, index) if index >= 0 else None
-
-
 @router.get("/dictionaries/{dictionary_id}/features")
 async def list_features(
     dictionary_id: str,
@@ -103,7 +98,7 @@ async def get_feature(dictionary_id: str, index: int, db: Database = Depends(get
     page = pages.get(db, dictionary, index)
     if page is None:
         raise HTTPException(404, f"dictionary {dictionary_id!r} has no feature {index}")
-    return Response(with_explanation(page, _explanation_text(db, dictionary_id, index)), media_type="application/json")
+    return Response(with_explanation(page, get_explanation_text(db, dictionary_id, index)), media_type="application/json")
 
 
 @router.get("/dictionaries/{dictionary_id}/search")
@@ -133,7 +128,7 @@ class Explanation(BaseModel):
 @router.get("/dictionaries/{dictionary_id}/features/{index}/explanation")
 def read_explanation(dictionary_id: str, index: int, db: Database = Depends(get_db)) -> dict[str, Any]:
     _require_index(_require_dictionary(db, dictionary_id), index)
-    return {"index": index, "text": _explanation_text(db, dictionary_id, index)}
+    return {"index": index, "text": get_explanation_text(db, dictionary_id, index)}
 
 
 @router.put("/dictionaries/{dictionary_id}/features/{index}/explanation", dependencies=[Depends(require_write_token)])
