@@ -94,6 +94,8 @@ try {
   await page.getByLabel('Max act ≥').fill(String(args.maxActMin))
   await page.click('.filters button[type="submit"]')
   await settled('amin=')
+  // as with pagination, the hash changes before the filtered answer renders: wait for its count
+  await page.waitForFunction(() => (document.querySelector('.card-head .muted')?.textContent || '').includes('match'))
   observed.tableFiltered = await tableIndices()
   observed.filteredTotal = await page.textContent('.card-head .muted')
   observed.filteredHash = await page.evaluate(() => location.hash)
