@@ -59,6 +59,15 @@ class AutocastDType(StrEnum):
     float16 = "float16"
 
 
+class DistributedStrategy(StrEnum):
+    """How a run launched on several ranks (``torchrun``, ``srun``) splits its work."""
+
+    none = "none"
+    data = "data"
+    saes = "saes"
+    latents = "latents"
+
+
 class LoggerKind(StrEnum):
     wandb = "wandb"
     none = "none"
@@ -232,6 +241,21 @@ class TrainingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """``distributed=data|saes|latents``: training on several ranks (see docs/distributed.md)."""
+
+    strategy: DistributedStrategy = DistributedStrategy.none
+    """``none``: one process. ``data``: every rank trains the same SAEs on its own share of the
+    corpus, gradients averaged. ``saes``: every rank forwards its own share, the activations are
+    exchanged, and each rank trains its share of the run's SAEs on the global batch. ``latents``:
+    one wide TopK/BatchTopK SAE sharded over its latents."""
+    backend: str = "auto"
+    """torch.distributed backend: ``auto`` (nccl on CUDA, gloo on CPU), ``nccl`` or ``gloo``."""
+    timeout_s: int = 300
+    """A collective that waits longer (a rank died or hangs) fails the whole job."""
+
+
+@dataclass
 class TrainConfig:
     """``python -m saes.train``: train SAEs on a model's hooks (several per forward pass)."""
 
@@ -243,6 +267,7 @@ class TrainConfig:
     logger: LoggerConfig = MISSING
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     layer: Any = 3
     """Block(s) the site hooks: ``3``, ``0-31``, ``0,4,8``. Several layers train one SAE each from
     one shared forward pass; with ``-m``, one job per layer (see ``layers_per_job``)."""

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from saes.cli import prepare_argv
 from saes.config import register_configs
+from saes.distributed.context import lost_ranks_message
 from saes.errors import ConfigError
 from saes.formatting import format_number
 
@@ -35,7 +36,13 @@ def main(cfg: DictConfig) -> dict:
     except ConfigError as err:
         print(f"saes.train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(format_summary(results, run_dir))
+    except RuntimeError as err:
+        if (lost := lost_ranks_message(err, run_dir)) is None:
+            raise
+        print(f"saes.train: error: {lost}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if results:
+        print(format_summary(results, run_dir))
     return results
 
 

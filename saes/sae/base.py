@@ -19,6 +19,7 @@ weights its sparsity penalty by the row norms and leaves them free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -62,6 +63,23 @@ class StepInput:
     """Fraction of training done before this step, in [0, 1]."""
     tokens: int = 0
     """Training tokens seen before this step."""
+    batch_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """Data-parallel steps (``distributed=data``: each of ``ranks`` ranks holds an equal share of
+    the batch): sums a tensor over the ranks. None in one process."""
+    ranks: int = 1
+
+    def total_variance(self, y_BD: torch.Tensor) -> torch.Tensor:
+        """``sum ||y - mean(y)||^2`` over the batch (float32 or float64), the denominator of FVU losses. In a
+        data-parallel step: the global batch's, divided by ``ranks``, so that the average of the
+        ranks' gradients is the gradient of the global batch's loss."""
+        if self.batch_sum is None:
+            y = y_BD if y_BD.dtype == torch.float64 else y_BD.float()
+            return (y - y.mean(0)).pow(2).sum()
+        y64 = y_BD.double()
+        n = torch.tensor([y_BD.shape[0]], dtype=torch.float64, device=y_BD.device)
+        stats = self.batch_sum(torch.cat([y64.sum(0), y64.pow(2).sum().reshape(1), n]))
+        total_sum_D, total_sq, rows = stats[:-2], stats[-2], stats[-1]
+        return ((total_sq - total_sum_D.pow(2).sum() / rows) / self.ranks).float()
 
     @classmethod
     def single(cls, x_BD: torch.Tensor, y_BO: torch.Tensor | None = None, **fields: Any) -> "StepInput":
@@ -104,11 +122,13 @@ class TrainStepOutput:
     state along every ``latent_axes`` entry before the optimizer step."""
 
 
-def fvu_and_mse(y_BD: torch.Tensor, y_hat_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(FVU, MSE)`` in float32: FVU = sum||y - y_hat||^2 / sum||y - mean(y)||^2 over the batch;
-    MSE = mean over tokens of ||y - y_hat||^2 (summed over dimensions)."""
+def fvu_and_mse(y_BD: torch.Tensor, y_hat_BD: torch.Tensor, total_var: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(FVU, MSE)`` in float32: FVU = sum||y - y_hat||^2 / sum||y - mean(y)||^2 over the batch
+    (``total_var``: that denominator, e.g. ``StepInput.total_variance``); MSE = mean over tokens
+    of ||y - y_hat||^2 (summed over dimensions)."""
     err = (y_BD.float() - y_hat_BD.float()).pow(2).sum()
-    total_var = (y_BD.float() - y_BD.float().mean(0)).pow(2).sum()
+    total_var = (y_BD.float() - y_BD.float().mean(0)).pow(2).sum() if total_var is None else total_var.float()
     return err / total_var, err / y_BD.shape[0]
 
 

@@ -97,13 +97,16 @@ class BatchTopKSAE(TopKSAE):
         codes = self.batch_codes(x_BD, k, dead_F)
         self.update_threshold(codes.vals_N)
         y_hat_BO = ragged_decode(codes.rows_N, codes.cols_N, codes.coef_N, self.W_dec_FO, self.b_dec_O, x_BD.shape[0])
-        return self.codes_step_output(x_BD, y_BD, y_hat_BO, fvu_and_mse(y_BD, y_hat_BO)[0], codes, dead_F)
+        total_var = step.total_variance(y_BD)
+        return self.codes_step_output(x_BD, y_BD, y_hat_BO, fvu_and_mse(y_BD, y_hat_BO, total_var)[0], codes, dead_F, total_var)
 
     def codes_step_output(self, x_BD: torch.Tensor, y_BD: torch.Tensor, y_hat_BO: torch.Tensor, recon_loss: torch.Tensor,
-                          codes: SparseCodes, dead_F: torch.Tensor | None) -> TrainStepOutput:
-        """``recon_loss`` + AuxK, with the logs and firing mask of ``codes``."""
-        losses = {"fvu": fvu_and_mse(y_BD, y_hat_BO.detach())[0].item(), "threshold": float(self.threshold)}
-        return self.sparse_step_output(x_BD, y_BD, y_hat_BO, recon_loss, codes.cols_N, codes.vals_N, losses, dead_F, codes.aux)
+                          codes: SparseCodes, dead_F: torch.Tensor | None, total_var: torch.Tensor) -> TrainStepOutput:
+        """``recon_loss`` + AuxK, with the logs and firing mask of ``codes`` (``total_var``: the
+        batch's, see ``StepInput.total_variance``)."""
+        losses = {"fvu": fvu_and_mse(y_BD, y_hat_BO.detach(), total_var)[0].item(), "threshold": float(self.threshold)}
+        return self.sparse_step_output(x_BD, y_BD, y_hat_BO, recon_loss, codes.cols_N, codes.vals_N, losses, dead_F,
+                                       total_var, codes.aux)
 
     @torch.no_grad()
     def update_threshold(self, vals_N: torch.Tensor) -> None:

@@ -60,7 +60,7 @@ class GatedSAE(SAE):
         pi_gate_BF, pi_mag_BF = self.gate_and_magnitude(x_BD)
         acts_BF = (pi_gate_BF > 0) * pi_mag_BF.relu()
         y_hat_BD = self.decode(acts_BF)
-        fvu, mse = fvu_and_mse(y_BD, y_hat_BD)
+        fvu, mse = fvu_and_mse(y_BD, y_hat_BD, step.total_variance(y_BD))
         gate_BF = pi_gate_BF.relu()
         l1 = (gate_BF * self.W_dec_FO.norm(dim=1)).sum(-1).float().mean()
         y_via_gate_BD = gate_BF @ self.W_dec_FO.detach() + self.b_dec_O.detach()

@@ -99,7 +99,7 @@ class JumpReLUSAE(SAE):
         threshold_F = self.threshold_F.to(pre_BF.dtype)
         acts_BF = JumpReLU.apply(pre_BF, threshold_F, self.cfg.bandwidth)
         y_hat_BD = self.decode(acts_BF)
-        fvu, mse = fvu_and_mse(y_BD, y_hat_BD)
+        fvu, mse = fvu_and_mse(y_BD, y_hat_BD, step.total_variance(y_BD))
         cfg = self.cfg
         dec_norm_F = self.W_dec_FO.norm(dim=1)
         if cfg.sparsity_loss == "tanh":

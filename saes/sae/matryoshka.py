@@ -52,6 +52,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         codes = self.batch_codes(x_BD, k, dead_F)
         self.update_threshold(codes.vals_N)
         prefix_fvus = []
+        total_var = step.total_variance(y_BD)
         y_hat_BD = self.b_dec_O.expand(x_BD.shape[0], -1)
         zero_D = torch.zeros_like(self.b_dec_O)
         start = 0
@@ -60,9 +61,9 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             y_hat_BD = y_hat_BD + ragged_decode(
                 codes.rows_N[in_group], codes.cols_N[in_group], codes.coef_N[in_group], self.W_dec_FO, zero_D, x_BD.shape[0]
             )
-            prefix_fvus.append(fvu_and_mse(y_BD, y_hat_BD)[0])
+            prefix_fvus.append(fvu_and_mse(y_BD, y_hat_BD, total_var)[0])
             start = width
-        out = self.codes_step_output(x_BD, y_BD, y_hat_BD, torch.stack(prefix_fvus).mean(), codes, dead_F)
+        out = self.codes_step_output(x_BD, y_BD, y_hat_BD, torch.stack(prefix_fvus).mean(), codes, dead_F, total_var)
         for width, fvu in zip(self.widths, prefix_fvus):
             out.losses[f"fvu_{width}"] = fvu.item()
         return out

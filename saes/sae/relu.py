@@ -82,7 +82,7 @@ class ReLUSAE(SAE):
         pre_BF = self.pre_acts(x_BD)
         acts_BF = pre_BF.relu()
         y_hat_BD = self.decode(acts_BF)
-        fvu, mse = fvu_and_mse(y_BD, y_hat_BD)
+        fvu, mse = fvu_and_mse(y_BD, y_hat_BD, step.total_variance(y_BD))
         dec_norm_F = self.W_dec_FO.norm(dim=1)
         sparsity = norm_weighted_penalty(acts_BF, dec_norm_F, cfg.penalty, cfg.tanh_scale).float().mean()
         coef = cfg.l1_coef * linear_warmup(step.progress, cfg.sparsity_warmup_fraction)

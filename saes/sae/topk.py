@@ -108,6 +108,7 @@ class TopKSAE(SAE):
         k = annealed_k(self.k, self.cfg.k_start, self.cfg.k_anneal_fraction, step.progress)
         scale_F = self.selection_scale()
         dead_F = self.auxk_dead(step)
+        total_var = step.total_variance(y_BD)
         aux = err_hat_BD = None
         if scale_F is None:  # the fast path: one shared pre-activation matmul, sparse backward
             x_c_BD, pre_BF = pre_acts(x_BD, self.W_enc_DF, self.b_enc_F, self.b_dec_in())
@@ -130,11 +131,11 @@ class TopKSAE(SAE):
             vals_BK = vals_BK.clamp_min(0)
             y_hat_BO = sparse_decode(idx_BK, vals_BK / scale_F[idx_BK], self.W_dec_FO, self.b_dec_O)
             vals_N, cols_N = vals_BK.reshape(-1), idx_BK.reshape(-1)
-        fvu, _ = fvu_and_mse(y_BD, y_hat_BO)
+        fvu, _ = fvu_and_mse(y_BD, y_hat_BO, total_var)
         losses = {"fvu": fvu.item()}
         if self.cfg.k_start is not None:
             losses["k"] = float(k)
-        return self.sparse_step_output(x_BD, y_BD, y_hat_BO, fvu, cols_N, vals_N, losses, dead_F, aux, err_hat_BD)
+        return self.sparse_step_output(x_BD, y_BD, y_hat_BO, fvu, cols_N, vals_N, losses, dead_F, total_var, aux, err_hat_BD)
 
     def auxk_dead(self, step: StepInput) -> torch.Tensor | None:
         """``step.dead_F`` when this step has an AuxK term (some latent is dead), else None."""
@@ -144,13 +145,13 @@ class TopKSAE(SAE):
     def sparse_step_output(
         self, x_BD: torch.Tensor, y_BD: torch.Tensor, y_hat_BO: torch.Tensor, recon_loss: torch.Tensor,
         cols_N: torch.Tensor, vals_N: torch.Tensor, losses: dict[str, float], dead_F: torch.Tensor | None,
-        aux: AuxCodes | None = None, err_hat_BD: torch.Tensor | None = None,
+        total_var: torch.Tensor, aux: AuxCodes | None = None, err_hat_BD: torch.Tensor | None = None,
     ) -> TrainStepOutput:
-        """``recon_loss`` + AuxK (when ``dead_F`` is given), the firing mask and L0 of the selected
-        codes ``(cols_N, vals_N)``; ``aux``/``err_hat_BD``: AuxK's codes (and their decode) if made."""
+        """``recon_loss`` + AuxK (when ``dead_F`` is given; ``total_var``: the batch's, see
+        ``StepInput.total_variance``), the firing mask and L0 of the selected codes ``(cols_N,
+        vals_N)``; ``aux``/``err_hat_BD``: AuxK's codes (and their decode) if made."""
         loss = recon_loss
         if dead_F is not None:
-            total_var = (y_BD - y_BD.mean(0)).pow(2).sum()
             err_BD = (y_BD - y_hat_BO).detach()
             if aux is not None:
                 auxk = self.auxk_from_codes(aux, err_BD, total_var, err_hat_BD)

@@ -44,6 +44,8 @@ def checkpoint_metadata(cfg: DictConfig, spec: MemberSpec, trainer: SAETrainer, 
 
 
 def save_member_sae(cfg: DictConfig, spec: MemberSpec, trainer: SAETrainer, folder: Path, status: str,
-                    log10_density_F: Any = None) -> Path:
-    """The SAE as it stands, normalization folded in, to ``folder`` (atomically)."""
-    return save_sae(trainer.folded_copy().eval(), folder, checkpoint_metadata(cfg, spec, trainer, status), log10_density_F)
+                    log10_density_F: Any = None, sae: Any = None) -> Path:
+    """The SAE as it stands, normalization folded in (``sae``: already folded, e.g. gathered from
+    its shards), to ``folder`` (atomically)."""
+    sae = trainer.folded_copy().eval() if sae is None else sae
+    return save_sae(sae, folder, checkpoint_metadata(cfg, spec, trainer, status), log10_density_F)

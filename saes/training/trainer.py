@@ -12,6 +12,7 @@ import torch
 
 from saes.config import AutocastDType, BDecInit
 from saes.activations.stream import Activations
+from saes.distributed.sync import StepSync
 from saes.sae.base import SAE, StepInput, TrainStepOutput
 from saes.training.schedules import lr_factor
 
@@ -35,23 +36,6 @@ def geometric_median(x_ND: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> 
     return median
 
 
-def clip_grad_norm(params, max_norm: float) -> None:
-    """``torch.nn.utils.clip_grad_norm_`` (same norm, same coefficient), except that on CPU the
-    gradients are only rescaled when the norm exceeds ``max_norm``: otherwise torch multiplies
-    them by exactly 1.0, a full pass over every gradient (on GPU skipping it would cost a sync)."""
-    params = [p for p in params if p.grad is not None]
-    if not params:
-        return
-    if params[0].grad.device.type != "cpu":
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return
-    grads = [p.grad for p in params]
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
-    clip_coef = max_norm / (total + 1e-6)
-    if clip_coef < 1.0:
-        torch._foreach_mul_(grads, clip_coef)
-
-
 class SAETrainer:
     """Trains one dictionary on batches of raw activations ``{hook: [B, D]}``.
 
@@ -61,8 +45,10 @@ class SAETrainer:
     """
 
     def __init__(self, sae: SAE, optimizer_cfg: Any, training_cfg: Any, total_tokens: int,
-                 hooks_in: Sequence[str] = ("x",), hooks_out: Sequence[str] | None = None):
+                 hooks_in: Sequence[str] = ("x",), hooks_out: Sequence[str] | None = None, sync: StepSync | None = None):
         self.sae = sae
+        self.sync = sync or StepSync()
+        """What each step shares with other ranks (``saes.distributed.sync``; nothing in one process)."""
         self.hooks_in = tuple(hooks_in)
         self.hooks_out = tuple(hooks_out) if hooks_out else self.hooks_in
         self.reconstructs_input = self.hooks_out == self.hooks_in
@@ -121,21 +107,25 @@ class SAETrainer:
             group["lr"] = group["base_lr"] * factor
         inputs = {hook: batch[hook] * self.scales[hook] for hook in self.hooks_in}
         targets = inputs if self.reconstructs_input else {hook: batch[hook] * self.scales[hook] for hook in self.hooks_out}
-        n_rows = batch[self.hooks_in[0]].shape[0]
-        step = StepInput(inputs, targets, dead_F=self.dead_mask(), progress=self.step_count / self.total_steps, tokens=self.tokens)
+        n_rows = self.sync.rows(batch[self.hooks_in[0]].shape[0])
+        step = StepInput(inputs, targets, dead_F=self.dead_mask(), progress=self.step_count / self.total_steps, tokens=self.tokens,
+                         batch_sum=self.sync.batch_sum, ranks=self.sync.ranks)
         with self.autocast(batch[self.hooks_in[0]].device.type):
             out = self.sae.training_forward(step)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        self.sync.gradients(self.sae)
         if out.reset_latents is not None:
+            self.sync.after_reset(self.sae)
             self.reset_optimizer_state(out.reset_latents)
         self.sae.before_step()
         if self.optimizer_cfg.grad_clip:
-            clip_grad_norm(self.sae.parameters(), self.optimizer_cfg.grad_clip)
+            self.sync.clip(self.sae, self.optimizer_cfg.grad_clip)
         self.optimizer.step()
         self.sae.after_step()
+        self.sync.after_step(self.sae)
         self.tokens_since_fired_F += n_rows
-        self.tokens_since_fired_F[out.fired_F] = 0
+        self.tokens_since_fired_F[self.sync.fired(out.fired_F)] = 0
         self.step_count += 1
         self.tokens += n_rows
         return out
@@ -176,13 +166,15 @@ class SAETrainer:
         self.scales = dict(state["scales"])
         self.tokens_since_fired_F = state["tokens_since_fired_F"].to(self.tokens_since_fired_F.device)
 
-    def folded_copy(self) -> SAE:
-        """The SAE in inference form (BatchTopK -> JumpReLU, ...) as a copy with the
-        normalization folded in (takes raw activations)."""
+    def folded_copy(self, full: SAE | None = None) -> SAE:
+        """The SAE (or ``full``: the whole of a sharded one, gathered) in inference form
+        (BatchTopK -> JumpReLU, ...) as a copy with the normalization folded in (takes raw
+        activations)."""
         import copy
 
-        sae = self.sae.inference_form()
-        if sae is self.sae:
+        source = self.sae if full is None else full
+        sae = source.inference_form()
+        if sae is source:
             sae = copy.deepcopy(sae)
         sae.fold_activation_scales([self.scales[h] for h in self.hooks_in], [self.scales[h] for h in self.hooks_out])
         return sae

@@ -152,7 +152,7 @@ def test_whole_trainer_steps_match_reference_steps(arch):
 @pytest.mark.parametrize("scale", [0.01, 10.0])
 def test_clip_grad_norm_is_torchs_bit_for_bit(scale):
     """The trainer's clipping (no rescale pass when under the limit) = torch.nn.utils.clip_grad_norm_."""
-    from saes.training.trainer import clip_grad_norm
+    from saes.distributed.sync import clip_grad_norm
 
     g = torch.Generator().manual_seed(0)
     ours = [torch.nn.Parameter(torch.randn(40, 30, generator=g)) for _ in range(3)]

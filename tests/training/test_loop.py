@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from saes.activations import ActivationStream
 from saes.sae import build
+from saes.distributed.placement import Placement
 from saes.training.checkpoint import load_state
 from saes.training.loop import train_loop
 from saes.training.metrics_log import MetricsLog
@@ -75,7 +76,8 @@ def _run(tmp_path, cfg, stream) -> TrainingRun:
     trainer = _trainer(cfg)
     trainer.initialize_from_data(stream.sample(256, 0), torch.Generator().manual_seed(0))
     member = Member(spec, tmp_path, trainer, MetricsLog(tmp_path, cfg.logger, "test", {}))
-    return TrainingRun(cfg, tmp_path, None, None, stream, [member], None, {}, None, threading.Lock(), False, time.perf_counter())
+    return TrainingRun(cfg, tmp_path, None, None, stream, [member], None, {}, None, threading.Lock(), Placement(), False,
+                       time.perf_counter())
 
 
 def _batches(n: int) -> list[dict[str, torch.Tensor]]:

@@ -41,13 +41,15 @@ def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
 
 
 class CacheStream(ShuffledStream):
-    """Batches of a cache's rows at ``hooks``, up to ``max_rows`` rows over at most ``epochs`` passes."""
+    """Batches of a cache's rows at ``hooks``, up to ``max_rows`` rows over at most ``epochs`` passes.
+    ``share = (rank, ranks)``: this stream reads every ``ranks``-th shard of each pass's order from
+    the ``rank``-th (the ranks of a distributed run read disjoint shards)."""
 
     def __init__(self, folder: str | Path, manifest: Manifest, hooks: list[str], buffer_rows: int, batch_size: int,
-                 max_rows: int, seed: int, epochs: int = 1, prefetch: int = 1):
+                 max_rows: int, seed: int, epochs: int = 1, prefetch: int = 1, share: tuple[int, int] = (0, 1)):
         super().__init__(buffer_rows, batch_size, max_rows, seed, prefetch, start={"epoch": 0, "shard": 0})
         self.folder, self.manifest, self.hooks = Path(folder), manifest, list(hooks)
-        self.seed, self.epochs = seed, epochs
+        self.seed, self.epochs, self.share = seed, epochs, share
 
     def _produce(self, position: dict[str, Any]) -> Iterator[Chunk]:
         n = len(self.manifest.shards)
@@ -55,6 +57,8 @@ class CacheStream(ShuffledStream):
         while epoch < self.epochs:
             order = shard_order(n, self.seed, epoch)
             for k in range(taken, n):
+                if k % self.share[1] != self.share[0]:
+                    continue
                 after = {"epoch": epoch, "shard": k + 1} if k + 1 < n else {"epoch": epoch + 1, "shard": 0}
                 yield read_shard(self.folder, self.manifest, order[k], self.hooks), after
             epoch, taken = epoch + 1, 0
