@@ -96,3 +96,26 @@ def test_prefetched_stream_gives_the_same_batches_and_resumes_exactly(parts):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     for got, want in zip(rest_resumed, expected[7:]):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+class _ContextIds:
+    """A stand-in for the model forwards that returns each context's tokens as its rows, so the
+    test sees which contexts a stream forwarded (the real forwards are tested above)."""
+
+    def __call__(self, tokens_NT: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {HOOK: tokens_NT.float()}
+
+
+def test_ranks_forward_disjoint_shares_of_the_corpus_that_together_are_the_one_process_stream(parts):
+    corpus, _ = parts
+    n_rows = 24  # contexts (one row each here)
+
+    def contexts(share: tuple[int, int], rows: int) -> set[tuple[int, ...]]:
+        stream = ModelActivationStream(corpus, _ContextIds(), 4, rows, 4, rows, 0, share=share)
+        return {tuple(row.long().tolist()) for batch in stream for row in batch[HOOK]}
+
+    alone = contexts((0, 1), n_rows)
+    rank0, rank1 = contexts((0, 2), n_rows // 2), contexts((1, 2), n_rows // 2)
+    assert len(alone) == n_rows and len(rank0) == len(rank1) == n_rows // 2
+    assert not rank0 & rank1  # no context seen twice
+    assert rank0 | rank1 == alone  # together: the contexts one process reads
