@@ -29,7 +29,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on two cores
 
 
-LONGER = [o for o in TINY if not o.startswith("tokens=")] + ["tokens=120000"]  # ~40 s of training
+LONGER = [o for o in TINY if not o.startswith("tokens=")] + ["tokens=60000"]  # ~20 s of training
 
 
 def _torchrun(run_dir: Path, *overrides: str, nproc: int = 2, base: list[str] = TINY) -> list[str]:
@@ -92,9 +92,10 @@ def test_data_and_saes_and_latents_each_train_loadable_saes(tmp_path):
     assert torch.isfinite(whole.W_dec_FO).all() and (whole.W_dec_FO.norm(dim=1) > 0).all()
 
 
-def test_a_stop_signal_on_one_rank_checkpoints_all_and_the_run_resumes_on_as_many_ranks(tmp_path):
+@pytest.mark.parametrize("strategy", ["data", "latents"])
+def test_a_stop_signal_on_one_rank_checkpoints_all_and_the_run_resumes_on_as_many_ranks(tmp_path, strategy):
     run_dir = tmp_path / "run"
-    cmd = _torchrun(run_dir, "distributed=data", base=LONGER)
+    cmd = _torchrun(run_dir, f"distributed={strategy}", base=LONGER)
     proc = _start_and_wait_for_training(cmd, run_dir)
     os.kill(_workers(proc)[1], signal.SIGTERM)  # rank 1 only (SLURM preemption reaches any rank)
     out, _ = proc.communicate(timeout=120)
@@ -102,18 +103,27 @@ def test_a_stop_signal_on_one_rank_checkpoints_all_and_the_run_resumes_on_as_man
     assert "preempted: saving a resumable checkpoint" in out
     state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=False)
     stopped_at = state["members"]["."]["tokens"]
-    assert state["world"] == 2 and len(state["ranks"]) == 1 and 0 < stopped_at < 120_000
+    assert state["world"] == 2 and len(state["ranks"]) == 1 and 0 < stopped_at < 60_000
+    if strategy == "latents":  # each rank saved its own shard
+        shard_rows = [state["members"]["."]["sae"]["shard.W_dec_FO"], state["ranks"][0]["members"]["."]["sae"]["shard.W_dec_FO"]]
+        assert [t.shape[0] for t in shard_rows] == [576, 576] and not torch.equal(*shard_rows)
 
-    alone = _run([sys.executable, "-m", "saes.train", f"hydra.run.dir={run_dir}", *LONGER, "distributed=data"])
+    alone = _run([sys.executable, "-m", "saes.train", f"hydra.run.dir={run_dir}", *LONGER, f"distributed={strategy}"])
     assert alone.returncode == 2, alone.stdout + alone.stderr
     assert "written by 2 rank(s)" in alone.stderr and "Traceback" not in alone.stderr
 
     resumed = _run(cmd)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming {run_dir} at {stopped_at:,} tokens" in resumed.stdout
-    assert _finished(run_dir)["train_tokens"] >= 120_000 - 512
+    assert _finished(run_dir)["train_tokens"] >= 60_000 - 512
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # the resumed log continues where it stopped
+    if strategy == "data":  # exact resume: the SAE of the same command never stopped
+        straight = _run(_torchrun(tmp_path / "straight", "distributed=data", base=LONGER))
+        assert straight.returncode == 0, straight.stdout + straight.stderr
+        got, want = saes.load(run_dir), saes.load(tmp_path / "straight")
+        for name in ("W_enc_DF", "b_enc_F", "W_dec_FO", "b_dec_O"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), name
 
 
 def test_a_killed_rank_fails_the_job_in_bounded_time_naming_it(tmp_path):
@@ -130,6 +140,20 @@ def test_a_killed_rank_fails_the_job_in_bounded_time_naming_it(tmp_path):
     assert "rank      : 1" in out and "Signal 9 (SIGKILL)" in out
     state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=False)  # the last checkpoint stays loadable
     assert state["world"] == 2 and state["members"]["."]["tokens"] > 0
+
+
+def test_a_hung_rank_fails_the_job_after_the_collective_timeout(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start_and_wait_for_training(_torchrun(run_dir, "distributed=data", "distributed.timeout_s=10", base=LONGER), run_dir)
+    hung = _workers(proc)[1]
+    os.kill(hung, signal.SIGSTOP)  # alive but stuck: no collective of rank 1 completes
+    try:
+        out, _ = proc.communicate(timeout=150)  # 10 s collective timeout + torchrun's 30 s grace to stop rank 1
+    finally:
+        os.kill(hung, signal.SIGCONT) if Path(f"/proc/{hung}").exists() else None
+    assert proc.returncode != 0
+    assert "saes.train: error: rank 0 of 2: a collective failed" in out and "Timed out" in out
+    assert "re-run the same command to resume" in out and not re.search(r'File ".*/saes/', out)
 
 
 @pytest.mark.parametrize("overrides, message", [
