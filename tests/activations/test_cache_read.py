@@ -70,6 +70,36 @@ def test_only_the_manifests_shards_are_read(cache, tmp_path):
     assert got == expected  # every row of shards 0-2 once, nothing else
 
 
+def test_the_ranks_of_a_distributed_run_read_disjoint_shards_that_together_are_the_cache(cache, manifest):
+    from saes.activations.cache.reader import CacheStream
+
+    def rows(share: tuple[int, int]) -> Counter:
+        stream = CacheStream(cache, manifest, [HOOK], buffer_rows=16384, batch_size=1000, max_rows=manifest.rows,
+                             seed=0, prefetch=0, share=share)
+        got = Counter(k for batch in stream for k in _row_keys(batch[HOOK]))
+        stream.close()
+        return got
+
+    rank0, rank1 = rows((0, 2)), rows((1, 2))
+    everything = Counter(k for i in range(5) for k in _row_keys(_rows(cache, i)))
+    assert rank0 + rank1 == everything  # each row once over the two ranks
+    assert sum(rank0.values()) > sum(rank1.values()) > 0  # 3 shards and 2 of the 5 (no divisibility needed)
+
+
+def test_distributed_data_training_reads_the_cache_on_two_ranks(cache, tmp_path):
+    from tests.distributed.harness import free_port
+
+    torchrun = str(Path(os.sys.executable).with_name("torchrun"))
+    cmd = [torchrun, "--nproc-per-node=2", f"--master-port={free_port()}", "-m", "saes.train", f"hydra.run.dir={tmp_path}",
+           "activations=cache", f"activations.path={cache}", *TRAIN_FAST, "distributed=data", "tokens=16384",
+           "training.batch_size=512"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["train_tokens"] == 16384
+    assert metrics["model_forwards"] == 1  # only the held-out set was forwarded: training rows came from the cache
+
+
 # --------------------------------------------------------------------------------------------- 4. shuffle
 
 def _stream(cache, manifest, seed=0, prefetch=2, buffer_rows=4 * SHARD_TOKENS, max_rows=None, epochs=1):
