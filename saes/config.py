@@ -323,13 +323,14 @@ class CacheConfig:
 
 def run_name(override_dirname: str) -> str:
     """Folder name of a run from its overrides: ``default`` when none, else the overrides made
-    filesystem-safe (long ones shortened with a hash so names stay unique)."""
+    filesystem-safe. A name that had to change (characters replaced, or shortened when long) ends
+    with a hash of the overrides, so distinct overrides never share a folder."""
     if not override_dirname:
         return "default"
     safe = re.sub(r"[^A-Za-z0-9=,._+-]", "_", override_dirname)
-    if len(safe) > 120:
-        safe = safe[:100] + "_" + hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
-    return safe
+    if safe == override_dirname and len(safe) <= 120:
+        return safe
+    return safe[:100] + "_" + hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
 
 
 def register_configs() -> None:

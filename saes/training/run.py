@@ -23,6 +23,7 @@ from saes.distributed.context import close_process_group
 from saes.training.checkpoint import remove_state
 from saes.training.finish import final_evaluations, finish_member
 from saes.training.loop import train_loop
+from saes.training.reuse import check_same_run
 from saes.training.wiring import finished_metrics, placement_for, validate_config, wire_run
 
 
@@ -33,6 +34,8 @@ def run_training(cfg: DictConfig, run_dir: Path, group: str | None = None) -> di
     wall_start = time.perf_counter()
     specs = validate_config(cfg)
     lead = placement_for(cfg).is_lead
+    if cfg.resume:
+        check_same_run(cfg, run_dir)
     if cfg.resume and (done := finished_metrics(cfg, run_dir)) is not None:
         if lead:
             print(f"{run_dir} already finished (resume=false trains it again)")
