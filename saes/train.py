@@ -36,6 +36,9 @@ def main(cfg: DictConfig) -> dict:
     except ConfigError as err:
         print(f"saes.train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C before training started (the loop turns it into a checkpoint)
+        print("saes.train: interrupted before training started: nothing to save", file=sys.stderr)
+        raise SystemExit(130) from None
     except RuntimeError as err:
         if (lost := lost_ranks_message(err, run_dir)) is None:
             raise
