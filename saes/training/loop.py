@@ -62,11 +62,10 @@ def train_loop(run: TrainingRun) -> str:
                 outs = [m.trainer.step(batch) for m in members]
                 bar.update(lead.tokens - tokens_before)
                 if lead.step_count % cfg.logger.log_every == 0:
-                    for m, out in zip(members, outs):
-                        _log_step(run, m, out)
+                    records = [_log_step(run, m, out) for m, out in zip(members, outs)]
                     if len(members) == 1:
-                        bar.set_postfix(loss=f"{outs[0].loss.item():.3f}", ev=f"{1 - outs[0].losses['fvu']:.3f}",
-                                        l0=f"{outs[0].l0:.1f}", dead=f"{100 * lead.dead_mask().float().mean().item():.1f}%")
+                        bar.set_postfix(loss=f"{records[0]['train/loss']:.3f}", ev=f"{records[0]['train/ev']:.3f}",
+                                        l0=f"{records[0]['train/l0']:.1f}", dead=f"{100 * records[0]['train/dead']:.1f}%")
                 if next_eval is not None and lead.tokens >= next_eval:
                     next_eval += cfg.training.eval_every
                     if lead.tokens < cfg.tokens:  # the final evaluation covers the last step
@@ -149,15 +148,17 @@ def splices(members: list[Member], saes: list[SAE | None]) -> list[Splice]:
     return [Splice(sae, m.spec.hooks_in, m.spec.hooks_out) for m, sae in zip(members, saes) if sae is not None]
 
 
-def _log_step(run: TrainingRun, m: Member, out: Any) -> None:
+def _log_step(run: TrainingRun, m: Member, out: Any) -> dict[str, Any]:
+    """The step's ``train/*`` record (loss terms averaged over the ranks of a data-parallel run),
+    logged by the rank that logs this SAE."""
     values = run.placement.mean_over_ranks([out.loss.item(), out.l0, *out.losses.values()])
-    if m.log is None:
-        return
     loss, l0, losses = values[0], values[1], dict(zip(out.losses, values[2:]))
     record = {"train/ev": 1 - losses["fvu"], "train/l0": l0, "train/dead": m.trainer.dead_mask().float().mean().item(),
               "train/loss": loss, "train/lr": m.trainer.optimizer.param_groups[0]["lr"],
               "train/tokens": m.trainer.tokens, **{f"train/{k}": v for k, v in losses.items()}}
-    m.log.log(record, step=m.trainer.step_count)
+    if m.log is not None:
+        m.log.log(record, step=m.trainer.step_count)
+    return record
 
 
 def _log_eval(run: TrainingRun) -> None:
