@@ -43,12 +43,24 @@ def launched_ranks() -> RankInfo:
     launched several); exports torch's ``env://`` variables under SLURM."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return RankInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+    if _slurm_tasks() > 1:
+        os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")  # plain srun: submitit's JobEnvironment needs it
         from submitit.helpers import TorchDistributedEnvironment
 
-        env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        env = TorchDistributedEnvironment()  # a preset MASTER_PORT is used, else one derived from the job id
+        os.environ.setdefault("MASTER_ADDR", env.master_addr)
+        os.environ.update(MASTER_PORT=str(env.master_port), RANK=str(env.rank), WORLD_SIZE=str(env.world_size),
+                          LOCAL_RANK=str(env.local_rank), LOCAL_WORLD_SIZE=str(env.local_world_size))
         return RankInfo(env.rank, env.world_size, env.local_rank)
     return SINGLE
+
+
+def _slurm_tasks() -> int:
+    """Tasks of the SLURM job step this process belongs to (1 outside SLURM). The batch script of
+    an ``--ntasks=N`` job is no rank (it has no ``SLURM_STEP_ID``): only what ``srun`` starts is."""
+    if "SLURM_PROCID" not in os.environ or "SLURM_STEP_ID" not in os.environ or os.environ["SLURM_STEP_ID"] == "batch":
+        return 1
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")))
 
 
 def rank_device(device: str, ranks: RankInfo) -> str:
@@ -86,7 +98,7 @@ COLLECTIVE_FAILURES = ("gloo", "nccl", "connection", "timed out", "timeout", "pe
 def lost_ranks_message(err: RuntimeError, run_dir: object) -> str | None:
     """What to tell the user when a collective failed (another rank died, hangs or lost its
     network), naming this rank; None for an error that is not a collective's."""
-    ranks = launched_ranks() if "RANK" in os.environ or "SLURM_PROCID" in os.environ else SINGLE
+    ranks = RankInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
     if ranks.world == 1 or not any(word in str(err).lower() for word in COLLECTIVE_FAILURES):
         return None
     first = str(err).strip().splitlines()[0][:300]
