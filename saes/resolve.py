@@ -119,7 +119,9 @@ def find_sae_dir(path: str | Path | None, missing_ok: bool = False) -> Path:
     """The checkpoint folder that ``sae=<path>`` names: ``path`` itself when it holds ``cfg.json``
     (or lm-saes's ``config.json``), else a run folder's ``sae/``. A folder of several runs raises
     :class:`ConfigError` listing their SAEs; one without an SAE raises one saying what to pass,
-    unless ``missing_ok`` (then ``path`` is returned, for the loader to say what is there)."""
+    unless ``missing_ok`` (then ``path`` is returned, for the loader to say what is there). A
+    folder caught mid-replacement is found as its complete stand-in (:mod:`saes.atomic`)."""
+    from saes.atomic import readable_directory
     from saes.sae.foreign import LLAMASCOPIUM_CONFIG
     from saes.sae.formats import CFG_FILE
 
@@ -127,10 +129,12 @@ def find_sae_dir(path: str | Path | None, missing_ok: bool = False) -> Path:
         raise ConfigError("sae= is not set: pass sae=<training run folder or SAE folder>, "
                           "e.g. sae=outputs/train/smollm2-135m_topk/default")
     folder = Path(str(path)).expanduser()
+    folder = readable_directory(folder) or folder
     if (folder / CFG_FILE).is_file() or (folder / LLAMASCOPIUM_CONFIG).is_file():
         return folder
-    if (folder / SAE_DIR / CFG_FILE).is_file():
-        return folder / SAE_DIR
+    sae_dir = readable_directory(folder / SAE_DIR)
+    if sae_dir is not None and (sae_dir / CFG_FILE).is_file():
+        return sae_dir
     inside = sorted({p.parent for depth in (1, 2, 3) for p in folder.glob("*/" * depth + f"{SAE_DIR}/{CFG_FILE}")})
     if inside:
         listing = ", ".join(str(p) for p in inside[:8]) + (", ..." if len(inside) > 8 else "")
@@ -165,6 +169,7 @@ def resolve_sae(path: str | Path | None, overrides: Overrides | None = None, nee
     ``overrides`` (see the module docstring). ``need_data=False``: a foreign SAE without ``data=``
     gets ``data=None`` instead of an error."""
     from saes.activations.hooks import hook_layer
+    from saes.atomic import stands_in_for
     from saes.sae.formats import CFG_FILE, read_cfg
 
     over = overrides or Overrides()
@@ -200,7 +205,7 @@ def resolve_sae(path: str | Path | None, overrides: Overrides | None = None, nee
         layer = own if isinstance(own, int) else hook_layer(str(base_site.get("hook_in") or ""))
     return ResolvedSAE(
         sae_dir=sae_dir,
-        run_dir=sae_dir.parent if sae_dir.name == SAE_DIR else sae_dir,
+        run_dir=sae_dir.parent if stands_in_for(sae_dir) == SAE_DIR else sae_dir,
         sae_cfg=sae_cfg,
         model=OmegaConf.create(model),
         data=data,

@@ -1,4 +1,5 @@
 import json
+import random
 
 import pytest
 import torch
@@ -37,13 +38,40 @@ def test_default_corpus_is_real_offline_text():
     assert any("Return" in t for t in texts)
 
 
-def test_heldout_documents_never_appear_in_training(tokenizer):
-    corpus = load_corpus(_cfg(), tokenizer, "<|endoftext|>")
+def _ngrams(ids: list[int], n: int) -> set[tuple[int, ...]]:
+    return {tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)}
+
+
+def test_heldout_documents_never_appear_in_training(tmp_path, tokenizer):
+    """Document level: no training document, nor any 16-token run of one, is in the held-out set.
+    The corpus's documents are distinct by construction (random words), so a shared 16-gram can
+    only be a document on both sides of the split."""
+    rng = random.Random(0)
+    words = [f"{rng.choice('bdfgklmnprstvz')}{rng.choice('aeiou')}{rng.choice('bdfgklmnprstvz')}" for _ in range(300)]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": " ".join(rng.choices(words, k=rng.randint(40, 120)))}) + "\n"
+                            for _ in range(200)))
+    cfg = _cfg(source="files", path=str(path), holdout_tokens=3000)
+    n = 16
+    doc_grams = [_ngrams(tokenizer(doc, add_special_tokens=False).input_ids, n) for doc in iter_documents(cfg)]
+    assert len(doc_grams) == 200 and all(doc_grams)
+
+    corpus = load_corpus(cfg, tokenizer, "<|endoftext|>")
     held = corpus.heldout_contexts()
-    assert held.numel() >= 4000 and (held[:, 0] == corpus.bos_id).all()
-    held_rows = {tuple(r.tolist()) for r in held}
-    train = [c for _, c in zip(range(300), (c for _, c in corpus.train_contexts()))]
-    assert not held_rows.intersection(tuple(c.tolist()) for c in train)
+    assert (held[:, 0] == corpus.bos_id).all()
+    train = []
+    for epoch, context in corpus.train_contexts():
+        if epoch:
+            break
+        train.append(context)
+    # the bodies after each context's BOS, joined, are the packed token stream (documents BOS-separated)
+    held_grams = _ngrams(held[:, 1:].reshape(-1).tolist(), n)
+    train_grams = _ngrams(torch.stack(train)[:, 1:].reshape(-1).tolist(), n)
+    in_held = {i for i, grams in enumerate(doc_grams) if grams & held_grams}
+    in_train = {i for i, grams in enumerate(doc_grams) if grams & train_grams}
+    assert len(in_held) >= 20 and len(in_train) >= 150  # both sides hold real documents
+    assert len(in_held | in_train) >= 198  # every document is somewhere (a packing remainder may drop one per side)
+    assert not in_held & in_train, f"documents both held out and trained on: {sorted(in_held & in_train)}"
     # resuming skips exactly the contexts already used
     resumed = next(corpus.train_contexts(skip=10))[1]
     assert torch.equal(resumed, train[10])

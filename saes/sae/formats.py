@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 import saes
-from saes.atomic import atomic_directory
+from saes.atomic import atomic_directory, readable_directory
 from saes.sae.base import SAE
 from saes.sae import foreign
 from saes.sae.io import CheckpointError, assign_tensors, read_json, read_tensors
@@ -110,8 +110,9 @@ def load_saelens(folder: Path) -> SAE:
 
 def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
     """Load a checkpoint folder: SAELens format (saes, SAELens), sparsify (``cfg.json`` +
-    ``sae.safetensors``) or lm-saes/llamascopium (``config.json`` with ``sae_type``)."""
-    folder = Path(folder)
+    ``sae.safetensors``) or lm-saes/llamascopium (``config.json`` with ``sae_type``). A folder
+    caught mid-replacement is read from its complete stand-in (:mod:`saes.atomic`)."""
+    folder = readable_directory(folder) or Path(folder)
     if (folder / CFG_FILE).exists() and (folder / foreign.SPARSIFY_WEIGHTS).exists() and not (folder / WEIGHTS_FILE).exists():
         sae = foreign.load_sparsify(folder)
     elif (folder / CFG_FILE).exists():

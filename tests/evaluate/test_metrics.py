@@ -210,10 +210,69 @@ def test_zero_reconstruction_gives_the_zero_ablation_loss_of_an_independent_refe
     assert m["ce_tokens"] == int(mask.sum())
 
 
-def test_transcoder_splice_reads_one_hook_and_replaces_another(smollm, text_tokens):
+def _relu_transcoder(d: int, d_sae: int, seed: int):
+    """A ReLU transcoder with random weights whose output clearly depends on its input."""
+    g = torch.Generator().manual_seed(seed)
+    sae = build({"architecture": "relu", "d_sae": d_sae}, d_in=d, d_out=d)
+    with torch.no_grad():
+        sae.W_enc_DF.copy_(torch.randn(d, d_sae, generator=g) * 0.2)
+        sae.b_enc_F.copy_(torch.randn(d_sae, generator=g))
+        sae.W_dec_FO.copy_(torch.randn(d_sae, d, generator=g) * 0.1)
+        sae.b_dec_O.copy_(torch.randn(d, generator=g) * 0.05)
+    return sae.eval()
+
+
+def _hf_transcoder_ce(smollm_hf, sae, tokens, keep_BT, read) -> tuple[float, float]:
+    """``(ce_spliced, kl)`` by hand on plain transformers: layer 3's MLP output replaced, at kept
+    positions, by ``relu(x W_enc + b_enc) W_dec + b_dec`` of ``x`` = the residual stream before
+    layer 3 (``read="pre"``) or after its attention (``"mid"``, the MLP's input before its norm)."""
+    layer = smollm_hf.model.layers[3]
+    W_enc, b_enc, W_dec, b_dec = (p.detach() for p in (sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FO, sae.b_dec_O))
+    seen: dict[str, torch.Tensor] = {}
+
+    def capture_pre(module, args, kwargs):
+        seen["x"] = args[0] if args else kwargs["hidden_states"]
+
+    def capture_mid(module, args):
+        seen["x"] = args[0]
+
+    def replace_mlp(module, args, output):
+        y = torch.relu(seen["x"] @ W_enc + b_enc) @ W_dec + b_dec
+        return torch.where(keep_BT[..., None], y, output)
+
+    handles = [layer.register_forward_pre_hook(capture_pre, with_kwargs=True) if read == "pre"
+               else layer.post_attention_layernorm.register_forward_pre_hook(capture_mid),
+               layer.mlp.register_forward_hook(replace_mlp)]
+    try:
+        with torch.no_grad():
+            spliced = smollm_hf(tokens).logits
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        clean = smollm_hf(tokens).logits
+    mask = keep_BT[:, :-1]
+    targets = tokens[:, 1:][mask]
+    lp_spliced = spliced[:, :-1][mask].log_softmax(-1)
+    lp_clean = clean[:, :-1][mask].log_softmax(-1)
+    ce = -lp_spliced.gather(1, targets[:, None]).mean().item()
+    return ce, (lp_clean.exp() * (lp_clean - lp_spliced)).sum(-1).mean().item()
+
+
+def test_transcoder_splice_reads_one_hook_and_replaces_another(smollm, smollm_hf, text_tokens):
     tokens, keep = text_tokens
     mlp_out = "blocks.3.hook_mlp_out"
-    zero = _topk(torch.zeros(576, 8), torch.zeros(8, 576), k=1)
-    m = lm_metrics(smollm, zero, "blocks.3.hook_resid_mid", mlp_out, tokens, keep)
-    assert m["ce_spliced"] == pytest.approx(m["ce_zero"], abs=1e-6)  # zero output at mlp_out = zero-ablating it
-    assert m["ce_zero"] > m["ce_clean"]
+    tc = _relu_transcoder(576, 16, seed=0)
+    keep_BT = keep(tokens)
+    m_mid = lm_metrics(smollm, tc, "blocks.3.hook_resid_mid", mlp_out, tokens, keep)
+    m_pre = lm_metrics(smollm, tc, "blocks.3.hook_resid_pre", mlp_out, tokens, keep)
+    ce_mid, kl_mid = _hf_transcoder_ce(smollm_hf, tc, tokens, keep_BT, "mid")
+    ce_pre, kl_pre = _hf_transcoder_ce(smollm_hf, tc, tokens, keep_BT, "pre")
+    assert m_mid["ce_spliced"] == pytest.approx(ce_mid, rel=1e-4)
+    assert m_mid["kl"] == pytest.approx(kl_mid, rel=1e-3)
+    assert m_pre["ce_spliced"] == pytest.approx(ce_pre, rel=1e-4)
+    assert m_pre["kl"] == pytest.approx(kl_pre, rel=1e-3)
+    # the same weights on another input hook's activations give another spliced model
+    assert abs(ce_mid - ce_pre) > 0.01 and abs(m_mid["ce_spliced"] - m_pre["ce_spliced"]) > 0.01
+    assert m_mid["ce_zero"] == m_pre["ce_zero"] > m_mid["ce_clean"]  # the same output hook is ablated
+    assert m_mid["kl"] > 1e-3  # the splice changed the model: an all-zero or unread transcoder would not match

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,14 +250,15 @@ def test_list_features_sort_and_filter_match_numpy(db: Any) -> None:
 # ----------------------------------------------------------------------------------- connection
 
 
-def test_unreachable_uri_fails_fast_and_names_it() -> None:
-    t0 = time.monotonic()
-    with pytest.raises(StoreConnectionError, match=r"mongodb://127\.0\.0\.1:1"):
+def test_unreachable_uri_fails_within_its_timeout_and_names_it() -> None:
+    # bounded by the configured timeout (5 s by default, not pymongo's 30 s); speed is for benchmarks
+    with pytest.raises(StoreConnectionError, match=r"mongodb://127\.0\.0\.1:1 within 5 s") as info:
         connect("mongodb://127.0.0.1:1", "x")
-    assert time.monotonic() - t0 < 7.0
+    assert "Timeout: 5.0s" in str(info.value.__cause__)  # pymongo's server selection gave up after it
     with pytest.raises(StoreConnectionError) as info:
         connect("mongodb://user:hunter2@127.0.0.1:1/", "x", timeout_s=1.0)
     assert "user:***@127.0.0.1:1" in str(info.value) and "hunter2" not in str(info.value)
+    assert "within 1 s" in str(info.value) and "Timeout: 1.0s" in str(info.value.__cause__)
 
 
 # ---------------------------------------------------------------------------------- local server
