@@ -1,7 +1,8 @@
 """``uvicorn server.app:app --port 24577``: the feature API (OpenAPI docs at /docs).
 
 The database connection is made at startup (lifespan), not at import. With ``ui/dist`` built,
-the UI is served at ``/`` too.
+the UI is served at ``/`` too. Every error answers ``{"detail": ...}`` (:mod:`server.contract`), and
+the OpenAPI document declares, per route, each status the route can answer.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
+from server.contract import declare_exactly, errors, install_error_handlers
 from server.deps import LiveCache
+from server.guard import Guard
 from server.pages import Dictionaries, FeaturePages
 from server.search import SearchCache
 from server.routers import dictionaries, features, inference
@@ -34,28 +36,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.db.client.close()
 
-    app = FastAPI(title="saes feature API", version="0.1.0", lifespan=lifespan)
+    # every route reads the database (503 when it does not answer) and is behind the body limit (413)
+    app = FastAPI(title="saes feature API", version="0.1.0", lifespan=lifespan, responses=errors(413, 503))
+    install_error_handlers(app)
+    declare_exactly(app)
     app.state.settings = settings
     app.state.live = LiveCache(settings.model_cache_size, settings.device)
     app.state.search = SearchCache()
     app.state.pages = FeaturePages(settings.page_cache_size)
     app.state.dictionaries = Dictionaries(ttl_s=1.0)
+    app.add_middleware(Guard, max_request_bytes=settings.max_request_bytes)  # body limit, 404/405/OPTIONS
+    # added last, so outermost: the guard's answers (413, 405...) carry the CORS headers too
     app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST", "PUT"],
                        allow_headers=["Content-Type", "X-Write-Token"])
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        """Refuse bodies over ``max_request_bytes`` (declared or chunked) before reading them."""
-        length = request.headers.get("content-length")
-        if (length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes)) or (
-            length is None and request.headers.get("transfer-encoding")
-        ):
-            return JSONResponse({"detail": f"request body over {settings.max_request_bytes} bytes"}, status_code=413)
-        return await call_next(request)
-
     @app.get("/api/health", tags=["health"])
     def health() -> dict[str, bool]:
-        """Liveness: the server answers and its database does."""
+        """Liveness: the server answers and its database does (503 when it does not)."""
         app.state.db.client.admin.command("ping")
         return {"ok": True}
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pymongo.database import Database
 
 from saes.store import query
+from server.contract import errors
 from server.deps import get_db
 from server.serialize import dictionary_summary, to_json
 
@@ -21,7 +22,7 @@ async def list_dictionaries(db: Database = Depends(get_db)) -> list[dict[str, An
     return [dictionary_summary(d) for d in query.list_dictionaries(db)]
 
 
-@router.get("/dictionaries/{dictionary_id}")
+@router.get("/dictionaries/{dictionary_id}", responses=errors(404))
 async def get_dictionary(dictionary_id: str, db: Database = Depends(get_db)) -> dict[str, Any]:
     """One dictionary: its summary, the active analysis's statistics (alive count, density
     histogram over log10 firing rate) and the SAE's evaluation metrics."""

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from pymongo.database import Database
 
 from saes.store import get_explanation_text, put_explanation, query
+from server.contract import errors
 from server.deps import get_db, get_dictionaries, get_feature_pages, get_search_cache, require_write_token
 from server.pages import Dictionaries, FeaturePages, with_explanation
 from server.search import SearchCache
@@ -46,17 +47,17 @@ def _require_index(dictionary: dict[str, Any], index: int) -> None:
         raise HTTPException(404, f"dictionary {dictionary.get('_id')!r} has no feature {index}")
 
 
-@router.get("/dictionaries/{dictionary_id}/features")
+@router.get("/dictionaries/{dictionary_id}/features", responses=errors(404, 422))
 async def list_features(
     dictionary_id: str,
     sort: SortKey = SortKey.max_activation,
     descending: bool = True,
-    skip: int = Query(0, ge=0),
+    skip: int = Query(0, ge=0, le=2**63 - 1),  # MongoDB integers are 64-bit
     limit: int = Query(50, ge=1, le=500),
-    density_min: float | None = Query(None, ge=0, le=1),
-    density_max: float | None = Query(None, ge=0, le=1),
-    max_activation_min: float | None = None,
-    max_activation_max: float | None = None,
+    density_min: float | None = Query(None, ge=0, le=1, allow_inf_nan=False),
+    density_max: float | None = Query(None, ge=0, le=1, allow_inf_nan=False),
+    max_activation_min: float | None = Query(None, allow_inf_nan=False),
+    max_activation_max: float | None = Query(None, allow_inf_nan=False),
     db: Database = Depends(get_db),
     dictionaries: Dictionaries = Depends(get_dictionaries),
 ) -> dict[str, Any]:
@@ -73,7 +74,7 @@ async def list_features(
     return {"total": query.count_in_ranges(db, dictionary_id, ranges) or 0, "skip": skip, "limit": limit, "features": to_json(docs)}
 
 
-@router.get("/dictionaries/{dictionary_id}/features/random")
+@router.get("/dictionaries/{dictionary_id}/features/random", responses=errors(404))
 async def random_feature(dictionary_id: str, db: Database = Depends(get_db), pages: FeaturePages = Depends(get_feature_pages),
                    dictionaries: Dictionaries = Depends(get_dictionaries)) -> Response:
     """A uniformly random feature that fired at least once in the analysis."""
@@ -87,7 +88,7 @@ async def random_feature(dictionary_id: str, db: Database = Depends(get_db), pag
     return await get_feature(dictionary_id, random.choice(alive), db, pages, dictionaries)
 
 
-@router.get("/dictionaries/{dictionary_id}/features/{index}")
+@router.get("/dictionaries/{dictionary_id}/features/{index}", responses=errors(404, 422))
 async def get_feature(dictionary_id: str, index: int, db: Database = Depends(get_db),
                 pages: FeaturePages = Depends(get_feature_pages),
                 dictionaries: Dictionaries = Depends(get_dictionaries)) -> Response:
@@ -101,7 +102,7 @@ async def get_feature(dictionary_id: str, index: int, db: Database = Depends(get
     return Response(with_explanation(page, get_explanation_text(db, dictionary_id, index)), media_type="application/json")
 
 
-@router.get("/dictionaries/{dictionary_id}/search")
+@router.get("/dictionaries/{dictionary_id}/search", responses=errors(404, 422))
 def search_features(
     dictionary_id: str,
     q: str = Query(..., min_length=1, max_length=100, description="a token or part of one, e.g. ' Paris'"),
@@ -125,13 +126,14 @@ class Explanation(BaseModel):
     text: str = Field(..., max_length=4000)
 
 
-@router.get("/dictionaries/{dictionary_id}/features/{index}/explanation")
+@router.get("/dictionaries/{dictionary_id}/features/{index}/explanation", responses=errors(404, 422))
 def read_explanation(dictionary_id: str, index: int, db: Database = Depends(get_db)) -> dict[str, Any]:
     _require_index(_require_dictionary(db, dictionary_id), index)
     return {"index": index, "text": get_explanation_text(db, dictionary_id, index)}
 
 
-@router.put("/dictionaries/{dictionary_id}/features/{index}/explanation", dependencies=[Depends(require_write_token)])
+@router.put("/dictionaries/{dictionary_id}/features/{index}/explanation", dependencies=[Depends(require_write_token)],
+            responses=errors(400, 401, 403, 404, 422))
 def write_explanation(dictionary_id: str, index: int, body: Explanation, db: Database = Depends(get_db)) -> dict[str, Any]:
     _require_index(_require_dictionary(db, dictionary_id), index)
     if query.get_feature(db, dictionary_id, index) is None:

@@ -9,10 +9,12 @@ from pydantic import BaseModel, Field
 from pymongo.database import Database
 
 from saes.store import query
+from server.contract import errors
 from server.deps import LiveCache, get_db, get_live_cache, get_settings
 from server.settings import Settings
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], responses=errors(
+    400, 404, 409, 413, 422, _413="Request body over SAES_MAX_REQUEST_BYTES, or text over SAES_MAX_TEXT_CHARS"))
 
 
 class TextIn(BaseModel):

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from saes.analysis.config import register_analyze_configs
 from saes.analysis.run import run_analysis
+from saes.store import connect
 from server.app import create_app
 from server.settings import Settings
 from tests.analysis.conftest import make_sae  # noqa: F401  (shared fixture)
@@ -24,6 +25,8 @@ D_SAE, K = 128, 8
 TOKENS = 24 * 128
 WRITE_TOKEN = "s3cret-token"
 DB_NAME = "saes_server_tests"
+SCRATCH_DB = "saes_server_scratch"
+NO_SAE_ID = "no-sae-path"
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +55,26 @@ def read_only_client(analyzed) -> Iterator[TestClient]:
     settings = Settings(MONGO_URI=analyzed.uri, SAES_MONGO_DB=DB_NAME, SAES_WRITE_TOKEN=None)
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def scratch(analyzed) -> Iterator[SimpleNamespace]:
+    """A copy of the analyzed database (writes there leave the other tests' data alone) plus a
+    dictionary ``NO_SAE_ID`` recording no SAE path, served by the app with the write token. Its
+    client answers a server error as a 500 response instead of raising, so a test can count it."""
+    src = connect(analyzed.uri, DB_NAME, create_indexes=False)
+    src.client.drop_database(SCRATCH_DB)
+    dst = src.client[SCRATCH_DB]
+    for name in src.list_collection_names():
+        if docs := list(src[name].find()):
+            dst[name].insert_many(docs)
+    doc = dst.dictionaries.find_one({"_id": analyzed.id})
+    provenance = {k: v for k, v in (doc.get("provenance") or {}).items() if k != "sae_path"}
+    dst.dictionaries.insert_one({**doc, "_id": NO_SAE_ID, "provenance": provenance})
+    settings = Settings(MONGO_URI=analyzed.uri, SAES_MONGO_DB=SCRATCH_DB, SAES_WRITE_TOKEN=WRITE_TOKEN)
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+            yield SimpleNamespace(client=c, uri=analyzed.uri, db=SCRATCH_DB, id=analyzed.id, no_sae=NO_SAE_ID)
+    finally:
+        src.client.drop_database(SCRATCH_DB)
+        src.client.close()
