@@ -7,6 +7,7 @@ the OpenAPI document declares, per route, each status the route can answer.
 
 from __future__ import annotations
 
+import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
+from saes.errors import ConfigError
+from saes.models import resolve_device
 from server.contract import declare_exactly, errors, install_error_handlers
 from server.deps import LiveCache
 from server.guard import Guard
@@ -26,7 +29,14 @@ UI_DIST = Path(__file__).resolve().parents[1] / "ui" / "dist"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API (and the built UI, when there is one). A ``SAES_DEVICE`` this machine cannot use
+    stops it at start-up with one line naming the setting and the fix (exit 2)."""
     settings = settings or Settings()
+    try:
+        device = resolve_device(settings.device, "SAES_DEVICE")
+    except ConfigError as err:
+        print(f"saes server: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -41,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     declare_exactly(app)
     app.state.settings = settings
-    app.state.live = LiveCache(settings.model_cache_size, settings.device)
+    app.state.live = LiveCache(settings.model_cache_size, device)
     app.state.search = SearchCache()
     app.state.pages = FeaturePages(settings.page_cache_size)
     app.state.dictionaries = Dictionaries(ttl_s=1.0)
